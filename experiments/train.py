@@ -1,0 +1,31 @@
+"""Trains and evaluates a few-shot method.
+
+    python experiments/train.py --config=experiments/configs/protonet_omniglot.py \
+      --workdir=runs/protonet --config.data_dir=../shared/data
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from experiments import common
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and results.json.')
+config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  common.setup()
+  from fsl_jax.training import train
+
+  with common.user_errors():
+    results = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  logging.info('Results: %s', results)
+  print(common.format_results(results))
+
+
+if __name__ == '__main__':
+  app.run(main)

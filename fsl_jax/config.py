@@ -1,0 +1,130 @@
+"""The flat experiment config: every field, its default, and validation.
+
+Configs in `experiments/configs/` start from `base_config()` and override fields;
+a method adds its own fields through `CONFIG_DEFAULTS`. `validate` rejects a
+field that neither declares, so a typo on the command line is an error, not a
+silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+import ml_collections
+
+from fsl_jax.models import base as models_base
+
+
+class ConfigError(ValueError):
+  """A config that cannot be run; the message names the field and the fix."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Fields shared by every method, with their defaults."""
+  c = ml_collections.ConfigDict()
+  c.method = 'protonet'
+  c.dataset = 'omniglot'
+  c.data_dir = ''  # Empty: $FSL_JAX_DATA_DIR.
+  c.cache_dir = ''  # Empty: $FSL_JAX_CACHE_DIR or ~/.cache/fsl_jax.
+  c.download = False  # Fetch missing archives from upstream.
+  c.train_split = 'train'
+  c.val_split = 'val'
+  c.test_split = 'test'
+
+  # Training episodes.
+  c.way = 5
+  c.shot = 1
+  c.query = 15
+  c.unlabeled_shot = 0
+  c.meta_batch_size = 1  # Episodes per step, over all devices.
+  c.num_devices = 0  # Devices to train on (0: all local devices).
+
+  # Validation and test episodes (validation uses the test shape).
+  c.test_way = 5
+  c.test_shot = 1
+  c.test_query = 15
+  c.test_unlabeled_shot = 0
+  c.eval_episodes = 1000  # Fixed test episodes, drawn from eval_seed.
+  c.val_episodes = 500  # Fixed validation episodes, drawn from eval_seed.
+  c.eval_batch_size = 50  # Evaluation episodes per device per call.
+  c.eval_seed = 0
+
+  # Optimisation.
+  c.num_train_steps = 20_000
+  c.learning_rate = 1e-3
+  c.lr_decay_every = 2_000  # Steps between learning-rate decays (0: constant).
+  c.lr_decay_factor = 0.5
+  c.weight_decay = 0.0  # Coupled L2 (added to the gradient before Adam).
+  c.seed = 0
+
+  # Bookkeeping.
+  c.log_every = 100
+  c.eval_every = 1_000  # Validation period in steps (0: no validation).
+  c.checkpoint_every = 1_000
+  c.keep_checkpoints = 2
+  return c
+
+
+def method_defaults(method: str) -> dict:
+  return dict(models_base.get_method(method).CONFIG_DEFAULTS)
+
+
+def with_method_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` plus the defaults of its method's fields that it does not set."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for key, value in method_defaults(config.method).items():
+    if key not in config:
+      config[key] = value
+  return config
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+  """Checks a config and returns it with the method's defaults filled in.
+
+  Args:
+    config: the experiment config.
+    num_devices: the number of local devices.
+
+  Returns:
+    The completed config.
+
+  Raises:
+    ConfigError: on an unknown field, an unknown method or an impossible setting.
+  """
+  if 'method' not in config:
+    raise ConfigError('The config has no `method` field.')
+  try:
+    config = with_method_defaults(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  known = set(base_config().keys()) | set(method_defaults(config.method))
+  for key in config.keys():
+    if key not in known:
+      close = difflib.get_close_matches(key, known, n=1)
+      hint = f' Did you mean {close[0]!r}?' if close else ''
+      raise ConfigError(
+        f'Unknown config field {key!r} for method {config.method!r}.{hint} '
+        f'Known fields: {", ".join(sorted(known))}.'
+      )
+  if config.num_devices < 0 or config.num_devices > num_devices:
+    raise ConfigError(
+      f'num_devices={config.num_devices}, but {num_devices} local devices exist; use 0 '
+      f'(all) or a number up to {num_devices}.'
+    )
+  num_devices = config.num_devices or num_devices
+  if config.meta_batch_size % num_devices:
+    raise ConfigError(
+      f'meta_batch_size={config.meta_batch_size} does not divide over {num_devices} '
+      f'devices; use a multiple of {num_devices}.'
+    )
+  method = models_base.get_method(config.method)
+  if (config.unlabeled_shot or config.test_unlabeled_shot) and not method.SUPPORTS_UNLABELED:
+    raise ConfigError(
+      f'Method {config.method!r} does not use unlabelled supports; set unlabeled_shot '
+      'and test_unlabeled_shot to 0.'
+    )
+  for field in ('num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',
+                'eval_batch_size'):
+    if config[field] < 1:
+      raise ConfigError(f'{field} must be at least 1, got {config[field]}.')
+  return config

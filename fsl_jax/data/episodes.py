@@ -1,0 +1,283 @@
+"""Episodes: static-shape N-way K-shot tasks, sampled on the device from a PRNG key.
+
+An episode is a pure function of a key and a class-major dataset, so the same key
+gives the same episode on any number of devices, and an evaluation set is simply
+the keys `fold_in(PRNGKey(seed), i)` for `i < num_episodes`.
+
+Two sources feed the train and eval steps through one interface (`EpisodeSource`):
+  * `DeviceEpisodes` keeps the whole split on every device and samples inside the
+    jitted step (Omniglot: no host-to-device copy per step).
+  * `HostEpisodes` samples on the host with NumPy from the same keys and copies
+    prefetched batches to the devices, for splits larger than device memory.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import flax
+import jax
+from flax import jax_utils
+import jax.numpy as jnp
+import numpy as np
+
+from fsl_jax.data import errors
+from fsl_jax.data.dataset import ClassMajorDataset
+
+
+@dataclasses.dataclass(frozen=True)
+class EpisodeSpec:
+  """The static shape of an episode.
+
+  Attributes:
+    way: classes per episode (N).
+    shot: labelled supports per class (K).
+    query: queries per class.
+    unlabeled_shot: unlabelled supports per class (semi-supervised episodes).
+  """
+
+  way: int
+  shot: int
+  query: int
+  unlabeled_shot: int = 0
+
+  @property
+  def examples_per_class(self) -> int:
+    return self.shot + self.query + self.unlabeled_shot
+
+  def validate(self, num_classes: int, examples_per_class: int, split: str = '') -> None:
+    """Raises `EpisodeError` when a dataset cannot provide this episode."""
+    where = f' of the {split} split' if split else ''
+    for name in ('way', 'shot', 'query'):
+      if getattr(self, name) < 1:
+        raise errors.EpisodeError(f'{name} must be at least 1, got {getattr(self, name)}.')
+    if self.unlabeled_shot < 0:
+      raise errors.EpisodeError(f'unlabeled_shot must be >= 0, got {self.unlabeled_shot}.')
+    if self.way > num_classes:
+      raise errors.EpisodeError(
+        f'A {self.way}-way episode needs {self.way} distinct classes, but the '
+        f'{num_classes} classes{where} are fewer; lower way.'
+      )
+    if self.examples_per_class > examples_per_class:
+      raise errors.EpisodeError(
+        f'shot + query + unlabeled_shot = {self.shot} + {self.query} + '
+        f'{self.unlabeled_shot} = {self.examples_per_class} distinct examples per '
+        f'class are needed, but the classes{where} have {examples_per_class}.'
+      )
+
+
+@flax.struct.dataclass
+class Episode:
+  """One episode; a leading batch axis when vmapped or sharded.
+
+  Supports are class-major (`support_labels` = 0,0,..,1,1,..); queries and
+  unlabelled supports are shuffled so that their position says nothing about
+  their class. Labels are episode-local, 0..way-1, assigned to the sampled
+  classes in random order.
+
+  Attributes:
+    support_images: `[way * shot, H, W, C]`.
+    support_labels: `[way * shot]` int32.
+    query_images: `[way * query, H, W, C]`.
+    query_labels: `[way * query]` int32; only losses and metrics may read them.
+    unlabeled_images: `[way * unlabeled_shot, H, W, C]`.
+    unlabeled_labels: `[way * unlabeled_shot]` int32; for analysis only, never
+      given to a model.
+  """
+
+  support_images: jax.Array
+  support_labels: jax.Array
+  query_images: jax.Array
+  query_labels: jax.Array
+  unlabeled_images: jax.Array
+  unlabeled_labels: jax.Array
+
+
+def sample_episode(key: jax.Array, images: jax.Array, spec: EpisodeSpec) -> Episode:
+  """Samples one episode from a class-major dataset; pure and jit-compatible.
+
+  Args:
+    key: a PRNG key; the episode is a function of it alone.
+    images: `[classes, examples_per_class, H, W, C]` (any dtype).
+    spec: the static episode shape.
+
+  Returns:
+    An `Episode` with images of the dtype of `images`.
+  """
+  images = jnp.asarray(images)
+  num_classes, num_examples = images.shape[:2]
+  class_key, example_key, query_key, unlabeled_key = jax.random.split(key, 4)
+  # A random choice without replacement: the position of a class in `classes`
+  # is its episode label, so labels are a random permutation of the class ids.
+  classes = jax.random.choice(class_key, num_classes, (spec.way,), replace=False)
+  example_keys = jax.random.split(example_key, spec.way)
+  examples = jax.vmap(lambda k: jax.random.permutation(k, num_examples))(example_keys)
+  examples = examples[:, : spec.examples_per_class]
+  picked = images[classes[:, None], examples]  # [way, shot + query + unlabeled, ...]
+  labels = jnp.broadcast_to(
+    jnp.arange(spec.way, dtype=jnp.int32)[:, None], (spec.way, spec.examples_per_class)
+  )
+
+  def take(start, count, shuffle_key):
+    x = picked[:, start : start + count].reshape((-1,) + images.shape[2:])
+    y = labels[:, start : start + count].reshape(-1)
+    if shuffle_key is not None:
+      order = jax.random.permutation(shuffle_key, x.shape[0])
+      x, y = x[order], y[order]
+    return x, y
+
+  s, q = spec.shot, spec.query
+  support_images, support_labels = take(0, s, None)
+  query_images, query_labels = take(s, q, query_key)
+  unlabeled_images, unlabeled_labels = take(s + q, spec.unlabeled_shot, unlabeled_key)
+  return Episode(
+    support_images, support_labels, query_images, query_labels, unlabeled_images,
+    unlabeled_labels
+  )
+
+
+def episode_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
+  """The key of each episode `i` in `indices`: `fold_in(key, i)`."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
+
+
+def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
+  """uint8 pixels to float32 `(x / 255 - mean) / std`."""
+  return (images.astype(jnp.float32) / 255.0 - mean) / std
+
+
+class EpisodeSource(Protocol):
+  """How a step gets a batch of episodes.
+
+  The step is called as `step(..., source.step_inputs(), keys)`, where `keys`
+  (one per episode, `[per_device_batch]` on each device) is computed inside the
+  step; `source.episodes(inputs, keys)` runs inside the step and returns the
+  per-device `Episode` batch, normalised to float32.
+  """
+
+  spec: EpisodeSpec
+
+  def step_inputs(self, keys: np.ndarray | None = None) -> Any:
+    ...
+
+  def episodes(self, inputs: Any, keys: jax.Array) -> Episode:
+    ...
+
+
+@dataclasses.dataclass
+class DeviceEpisodes:
+  """Samples inside the step from a split replicated on every local device.
+
+  The split is copied to the devices once, at construction.
+  """
+
+  dataset: ClassMajorDataset
+  spec: EpisodeSpec
+  mean: float = 0.0
+  std: float = 1.0
+  split: str = ''
+  devices: list | None = None  # Default: all local devices.
+  needs_host_keys: bool = dataclasses.field(default=False, init=False)
+
+  def __post_init__(self):
+    self.spec.validate(self.dataset.num_classes, self.dataset.examples_per_class, self.split)
+    self._images = jax_utils.replicate(self.dataset.images, self.devices)
+
+  def step_inputs(self, keys=None):
+    del keys  # The episodes are sampled from the keys on the device.
+    return self._images
+
+  def episodes(self, inputs: jax.Array, keys: jax.Array) -> Episode:
+    episodes = jax.vmap(sample_episode, in_axes=(0, None, None))(keys, inputs, self.spec)
+    return _normalized(episodes, self.mean, self.std)
+
+
+@dataclasses.dataclass
+class HostEpisodes:
+  """Samples on the host with NumPy and prefetches device batches.
+
+  For splits too large for device memory. `load_class(c)` returns the uint8
+  images `[examples, H, W, C]` of class `c` (e.g. read from disk), so only the
+  sampled classes are touched. Episodes are drawn from the same per-episode keys
+  as on the device (by seeding NumPy with them), so they are reproducible and
+  independent of the number of devices, though not bit-identical to
+  `DeviceEpisodes` samples.
+  """
+
+  load_class: Callable[[int], np.ndarray]
+  num_classes: int
+  examples_per_class: int
+  spec: EpisodeSpec
+  mean: float = 0.0
+  std: float = 1.0
+  split: str = ''
+  devices: list | None = None  # Default: all local devices.
+  needs_host_keys: bool = dataclasses.field(default=True, init=False)
+
+  def __post_init__(self):
+    self.spec.validate(self.num_classes, self.examples_per_class, self.split)
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
+    self._queue = collections.deque()
+
+  def sample(self, key: np.ndarray) -> Episode:
+    """One episode on the host, as NumPy uint8 arrays."""
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).astype(np.uint32))
+    spec = self.spec
+    classes = rng.choice(self.num_classes, spec.way, replace=False)
+    parts = [[], [], []]
+    for label, c in enumerate(classes):
+      images = self.load_class(int(c))
+      chosen = images[rng.permutation(images.shape[0])[: spec.examples_per_class]]
+      for i, (start, stop) in enumerate(_part_bounds(spec)):
+        parts[i].append((chosen[start:stop], np.full(stop - start, label, np.int32)))
+    arrays = []
+    for i, part in enumerate(parts):
+      x = np.concatenate([p[0] for p in part])
+      y = np.concatenate([p[1] for p in part])
+      if i > 0:  # Queries and unlabelled supports: shuffled.
+        order = rng.permutation(len(y))
+        x, y = x[order], y[order]
+      arrays += [x, y]
+    return Episode(*arrays)
+
+  def enqueue(self, keys: np.ndarray) -> None:
+    """Starts sampling the batch of episodes of `keys` `[devices, per_device]`."""
+    self._queue.append(self._pool.submit(self._batch, keys))
+
+  def _batch(self, keys):
+    episodes = [self.sample(k) for k in keys.reshape(-1, keys.shape[-1])]
+    stacked = jax.tree.map(lambda *x: np.stack(x).reshape(keys.shape[:2] + x[0].shape), *episodes)
+    return shard(stacked, self.devices)
+
+  def step_inputs(self, keys=None):
+    """The next prefetched batch; `keys` is sampled now if nothing is queued."""
+    if not self._queue:
+      self.enqueue(keys)
+    return self._queue.popleft().result()
+
+  def episodes(self, inputs: Episode, keys: jax.Array) -> Episode:
+    del keys  # Already used on the host.
+    return _normalized(inputs, self.mean, self.std)
+
+
+def shard(tree, devices=None):
+  """Puts arrays with a leading `[devices]` axis onto the devices, as pmap expects."""
+  mesh = jax.sharding.Mesh(np.array(devices or jax.local_devices()), ('devices',))
+  return jax.device_put(tree, jax.NamedSharding(mesh, jax.P('devices')))
+
+
+def _part_bounds(spec: EpisodeSpec):
+  s, q = spec.shot, spec.query
+  return [(0, s), (s, s + q), (s + q, s + q + spec.unlabeled_shot)]
+
+
+def _normalized(episodes: Episode, mean: float, std: float) -> Episode:
+  return episodes.replace(
+    support_images=normalize(episodes.support_images, mean, std),
+    query_images=normalize(episodes.query_images, mean, std),
+    unlabeled_images=normalize(episodes.unlabeled_images, mean, std),
+  )

@@ -1,0 +1,402 @@
+"""Episodic training and evaluation: jit + vmap over episodes + pmap over devices.
+
+The vocabulary of the Flax examples: `create_train_state`, `train_step`,
+`eval_step`, `evaluate`, `train_and_evaluate`.
+
+Randomness is a function of the seed and the step alone: episode `j` of step `s`
+uses `fold_in(fold_in(train_key, s), j)`, and device `d` runs episodes
+`d * b .. (d + 1) * b - 1` of the meta-batch. The same config and seed therefore
+give the same episodes on 1 or 8 devices, and a resumed run continues exactly
+where the interrupted one stopped (there is no RNG state beyond the step number).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from flax import jax_utils
+from flax.training import train_state
+
+from fsl_jax import config as config_lib
+from fsl_jax.data import episodes as episodes_lib
+from fsl_jax.data import registry as data_registry
+from fsl_jax.evaluation import metrics as metrics_lib
+from fsl_jax.models import base as models_base
+from fsl_jax.training import checkpoint as checkpoint_lib
+
+AXIS = 'devices'
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training produced a NaN or infinite loss."""
+
+
+class TrainState(train_state.TrainState):
+  """Flax TrainState plus BatchNorm statistics and the training key."""
+
+  batch_stats: Any
+  train_key: jax.Array
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with a step-decay schedule and coupled L2 (added before Adam, not AdamW)."""
+  if config.lr_decay_every:
+    schedule = optax.exponential_decay(
+      config.learning_rate, config.lr_decay_every, config.lr_decay_factor, staircase=True
+    )
+  else:
+    schedule = optax.constant_schedule(config.learning_rate)
+  parts = [optax.add_decayed_weights(config.weight_decay)] if config.weight_decay else []
+  return optax.chain(*parts, optax.scale_by_adam(), optax.scale_by_learning_rate(schedule))
+
+
+def episode_spec(config: ml_collections.ConfigDict, test: bool = False):
+  """The training (or, with `test`, the validation and test) episode shape."""
+  p = 'test_' if test else ''
+  return episodes_lib.EpisodeSpec(
+    config[p + 'way'], config[p + 'shot'], config[p + 'query'], config[p + 'unlabeled_shot']
+  )
+
+
+def apply_method(model, variables, episode, way: int, *, train: bool, rng=None):
+  """Runs a method's forward pass on one episode; query labels are not passed."""
+  kwargs = {'rngs': {'dropout': rng}, 'mutable': ['batch_stats']} if train else {}
+  return model.apply(
+    variables, episode.support_images, episode.support_labels, episode.query_images,
+    episode.unlabeled_images, way=way, train=train, **kwargs,
+  )
+
+
+def dummy_episode(spec, image_shape) -> episodes_lib.Episode:
+  """An all-zero float32 episode of the given shape, for initialisation."""
+  arrays = []
+  for n in (spec.shot, spec.query, spec.unlabeled_shot):
+    arrays += [np.zeros((spec.way * n, *image_shape), np.float32),
+               np.zeros((spec.way * n,), np.int32)]
+  return episodes_lib.Episode(*arrays)
+
+
+def create_train_state(config, model, image_shape, key: jax.Array) -> TrainState:
+  """Initialises the parameters on a dummy episode of the training shape."""
+  init_key, train_key = jax.random.split(key)
+  spec = episode_spec(config)
+  episode = dummy_episode(spec, image_shape)
+  init = lambda k: model.init({'params': k, 'dropout': k}, episode.support_images,
+                              episode.support_labels, episode.query_images,
+                              episode.unlabeled_images, way=spec.way, train=False)
+  variables = jax.jit(init)(init_key)
+  return TrainState.create(
+    apply_fn=model.apply, params=variables['params'], tx=make_optimizer(config),
+    batch_stats=variables.get('batch_stats', {}), train_key=train_key,
+  )
+
+
+def device_episode_keys(key: jax.Array, first, per_device: int) -> jax.Array:
+  """Inside pmap: keys of episodes `first + d * per_device + i` for this device d."""
+  start = first + jax.lax.axis_index(AXIS) * per_device
+  return episodes_lib.episode_keys(key, start + jnp.arange(per_device))
+
+
+def host_episode_keys(key: jax.Array, first: int, devices: int, per_device: int) -> np.ndarray:
+  """On the host: the keys `device_episode_keys` gives, as `[devices, per_device, ...]`."""
+  keys = episodes_lib.episode_keys(key, first + jnp.arange(devices * per_device))
+  return np.asarray(keys).reshape(devices, per_device, -1)
+
+
+def train_step(state: TrainState, inputs, *, model, source, spec, per_device: int):
+  """One update on a meta-batch of episodes; runs under pmap with axis `AXIS`.
+
+  Args:
+    state: this device's replica of the train state (donated).
+    inputs: `source.step_inputs()`: the split itself, or pre-sampled episodes.
+    model: the method module.
+    source: the `EpisodeSource` that turns (inputs, keys) into episodes.
+    spec: the static training episode shape.
+    per_device: episodes per device.
+
+  Returns:
+    The new state and metrics averaged over the whole meta-batch.
+  """
+  keys = device_episode_keys(jax.random.fold_in(state.train_key, state.step), 0, per_device)
+  keys = jax.vmap(jax.random.split)(keys)  # [per_device, 2]: sampling, dropout.
+  episodes = source.episodes(inputs, keys[:, 0])
+
+  def episode_loss(params, episode, rng):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    outputs, updates = apply_method(model, variables, episode, spec.way, train=True, rng=rng)
+    loss, extra = model.loss(outputs, episode)
+    accuracy = jnp.mean(jnp.argmax(outputs.logits, -1) == episode.query_labels)
+    return loss, ({'loss': loss, 'accuracy': accuracy, **extra}, updates['batch_stats'])
+
+  def loss_fn(params):
+    losses, aux = jax.vmap(episode_loss, in_axes=(None, 0, 0))(params, episodes, keys[:, 1])
+    return losses.mean(), aux
+
+  grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  # Running statistics: the mean over episodes of each episode's EMA update, which
+  # is the EMA of the mean statistics (the update is linear).
+  mean0 = lambda tree: jax.tree.map(lambda x: x.mean(0), tree)
+  grads, batch_stats, metrics = jax.lax.pmean((grads, mean0(batch_stats), mean0(metrics)), AXIS)
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+
+def eval_step(variables, inputs, first, *, model, source, spec, key, per_device: int):
+  """Per-episode accuracy and loss of episodes `first + d * per_device + i`; under pmap."""
+  episodes = source.episodes(inputs, device_episode_keys(key, first, per_device))
+
+  def one(episode):
+    outputs = apply_method(model, variables, episode, spec.way, train=False)
+    loss, _ = model.loss(outputs, episode)
+    return jnp.mean(jnp.argmax(outputs.logits, -1) == episode.query_labels), loss
+
+  return jax.vmap(one)(episodes)
+
+
+class Evaluator:
+  """Evaluates on a fixed set of episodes: episode `i` has key `fold_in(PRNGKey(seed), i)`.
+
+  The set does not depend on the number of devices or the batch size: the last
+  call is padded with extra episodes whose results are dropped.
+  """
+
+  def __init__(self, model, source, *, num_episodes: int, seed: int, per_device: int):
+    self.source, self.num_episodes = source, num_episodes
+    devices = source.devices or jax.local_devices()
+    self.devices = len(devices)
+    self.per_device = max(1, min(per_device, -(-num_episodes // self.devices)))
+    self.key = jax.random.PRNGKey(seed)
+    step = functools.partial(eval_step, model=model, source=source, spec=source.spec,
+                             key=self.key, per_device=self.per_device)
+    self._step = jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=devices)
+
+  def __call__(self, variables) -> tuple[metrics_lib.AccuracySummary, float]:
+    """Returns the accuracy summary and the mean loss; `variables` are replicated."""
+    per_call = self.devices * self.per_device
+    outputs = []
+    for first in range(0, self.num_episodes, per_call):
+      keys = None
+      if self.source.needs_host_keys:
+        keys = host_episode_keys(self.key, first, self.devices, self.per_device)
+      outputs.append(self._step(variables, self.source.step_inputs(keys), first))
+    accuracy, loss = (np.concatenate([np.asarray(o[i]).reshape(-1) for o in outputs])
+                      [: self.num_episodes] for i in range(2))
+    return metrics_lib.summarize(accuracy), float(loss.mean())
+
+
+def _make_sources(config, splits, test: bool, devices):
+  info = data_registry.get(config.dataset)
+  spec = episode_spec(config, test=test)
+  sources = []
+  for split in splits:
+    dataset = data_registry.load_dataset(config.dataset, split, config.data_dir or None,
+                                         config.cache_dir or None, config.download)
+    sources.append(episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, split, devices))
+  return sources
+
+
+def build(config: ml_collections.ConfigDict):
+  """Validates `config` and returns it completed, with the method module."""
+  config = config_lib.validate(config, jax.local_device_count())
+  return config, models_base.get_method(config.method).from_config(config)
+
+
+def _check_finite(pending: list, first_step: int) -> list[dict]:
+  """Fetches the pending per-step metrics; raises on the first non-finite loss."""
+  rows = [jax.tree.map(lambda x: float(np.asarray(x)[0]), m) for m in jax.device_get(pending)]
+  for i, row in enumerate(rows):
+    if not np.isfinite(row['loss']):
+      raise NonFiniteLossError(
+        f'The training loss is {row["loss"]} at step {first_step + i + 1}; stopping. '
+        'Lower learning_rate or check the data; the last checkpoint holds the state '
+        'before the divergence.'
+      )
+  return rows
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains, validates, tests; resumes from `workdir`; writes `workdir/results.json`.
+
+  Args:
+    config: an experiment config (see `fsl_jax.config.base_config`).
+    workdir: where checkpoints, TensorBoard summaries and results go.
+
+  Returns:
+    The results dict that is also written to `workdir/results.json`.
+  """
+  start_time = time.time()
+  config, model = build(config)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json(indent=1))
+
+  devices = jax.local_devices()[: config.num_devices or None]
+  per_device = config.meta_batch_size // len(devices)
+  train_spec = episode_spec(config)
+  (train_source,) = _make_sources(config, [config.train_split], False, devices)
+  val_source, test_source = _make_sources(config, [config.val_split, config.test_split], True,
+                                          devices)
+  validate = Evaluator(model, val_source, num_episodes=config.val_episodes,
+                       seed=config.eval_seed, per_device=config.eval_batch_size)
+
+  state = create_train_state(config, model, train_source.dataset.image_shape,
+                             jax.random.PRNGKey(config.seed))
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+  # Resume order: the latest checkpoint in workdir if there is one, else a fresh
+  # state; the best validation score travels with it.
+  state, best = ckpt.restore_latest(state)
+  start_step = int(state.step)
+  if start_step:
+    logging.info('Resumed from step %d in %s.', start_step, workdir)
+
+  step_fn = functools.partial(train_step, model=model, source=train_source, spec=train_spec,
+                              per_device=per_device)
+  p_train_step = jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+  p_state = jax_utils.replicate(state, devices)
+  train_key = state.train_key
+  del state
+
+  def train_inputs(step):
+    """What the step needs; host sources sample ahead (keys as on the device)."""
+    if not train_source.needs_host_keys:
+      return train_source.step_inputs()
+    for ahead in range(step, min(step + train_source.prefetch, config.num_train_steps + 1)):
+      if ahead not in queued:
+        queued.add(ahead)
+        step_key = jax.random.fold_in(train_key, ahead - 1)  # state.step before the update.
+        train_source.enqueue(host_episode_keys(step_key, 0, len(devices), per_device))
+    return train_source.step_inputs()
+
+  queued = set()
+
+  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
+  pending, pending_from = [], start_step
+
+  def flush(step):
+    """Checks and writes the metrics of the steps since the last flush."""
+    nonlocal pending, pending_from
+    if pending:
+      rows = _check_finite(pending, pending_from)
+      writer.write_scalars(step, {f'train/{k}': np.mean([r[k] for r in rows]) for k in rows[0]})
+    pending, pending_from = [], step
+
+  train_start = time.time()
+  for step in range(start_step + 1, config.num_train_steps + 1):
+    p_state, step_metrics = p_train_step(p_state, train_inputs(step))
+    pending.append(step_metrics)
+    report(step, time.time())
+    last = step == config.num_train_steps
+    if step % config.log_every == 0 or last:
+      flush(step)
+    if config.eval_every and (step % config.eval_every == 0 or last):
+      flush(step)
+      with report.timed('validate'):
+        summary, loss = validate(_eval_variables(p_state))
+      writer.write_scalars(step, {'val/accuracy': summary.accuracy, 'val/loss': loss})
+      logging.info('Step %d: validation %s', step, summary)
+      if summary.accuracy > best['accuracy']:
+        best = {'accuracy': summary.accuracy, 'step': step}
+        ckpt.save_best(jax_utils.unreplicate(p_state), best)
+    if step % config.checkpoint_every == 0 or last:
+      flush(step)  # Never checkpoint a state that diverged.
+      ckpt.save(step, jax_utils.unreplicate(p_state), best)
+  train_time = time.time() - train_start
+  ckpt.wait()
+
+  final = jax_utils.unreplicate(p_state)
+  if best['step'] > 0:
+    final = ckpt.restore_best(final)
+    logging.info('Testing the best validation checkpoint (step %d).', best['step'])
+  test = Evaluator(model, test_source, num_episodes=config.eval_episodes, seed=config.eval_seed,
+                   per_device=config.eval_batch_size)
+  summary, test_loss = test(_eval_variables(jax_utils.replicate(final, devices)))
+  logging.info('Test: %s', summary)
+  writer.write_scalars(config.num_train_steps, {'test/accuracy': summary.accuracy})
+  writer.flush()
+  results = results_dict(config, summary, devices=len(devices), wall_time_s=time.time() - start_time,
+                         train_time_s=train_time, best=best, test_loss=test_loss)
+  write_json(os.path.join(workdir, 'results.json'), results)
+  return results
+
+
+def _eval_variables(p_state) -> dict:
+  return {'params': p_state.params, 'batch_stats': p_state.batch_stats}
+
+
+def results_dict(config, summary: metrics_lib.AccuracySummary, **extra) -> dict:
+  """The fields of `results.json`."""
+  return {
+    'method': config.method, 'dataset': config.dataset,
+    'way': config.test_way, 'shot': config.test_shot, 'query': config.test_query,
+    'train_way': config.way, 'train_shot': config.shot, 'train_query': config.query,
+    'test_accuracy': summary.accuracy, 'test_ci95': summary.ci95,
+    'test_episodes': summary.episodes, 'steps': config.num_train_steps, 'seed': config.seed,
+    'eval_seed': config.eval_seed, 'jax_version': jax.__version__,
+    'platform': jax.devices()[0].platform, **extra,
+  }
+
+
+def write_json(path: str, payload: dict) -> None:
+  """Writes `payload` atomically: a reader never sees a half-written file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=1, default=float)
+  os.replace(tmp, path)
+
+
+def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) -> dict:
+  """Re-evaluates the checkpoint in `workdir`, optionally at another episode shape.
+
+  Args:
+    workdir: a training workdir (holding `config.json` and checkpoints).
+    checkpoint: 'best' (best validation; falls back to 'latest' when there was
+      no validation) or 'latest'.
+    **overrides: config fields to change, e.g. `test_way=20, eval_episodes=1000`.
+
+  Returns:
+    The results dict, also written to `workdir/eval_<split>_<way>way_<shot>shot.json`.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f'{workdir} has no config.json; is it a training workdir?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for key, value in overrides.items():
+    if key not in config:
+      raise config_lib.ConfigError(f'Unknown config field {key!r}.')
+    config[key] = value
+  config, model = build(config)
+  devices = jax.local_devices()[: config.num_devices or None]
+  (source,) = _make_sources(config, [config.test_split], True, devices)
+  state = create_train_state(config, model, source.dataset.image_shape,
+                             jax.random.PRNGKey(config.seed))
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+  if checkpoint == 'best' and ckpt.has_best():
+    state = ckpt.restore_best(state)
+  elif checkpoint in ('best', 'latest'):
+    state, _ = ckpt.restore_latest(state)
+    if int(state.step) == 0:
+      raise FileNotFoundError(f'No checkpoint in {workdir}.')
+  else:
+    raise config_lib.ConfigError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}.")
+  evaluator = Evaluator(model, source, num_episodes=config.eval_episodes, seed=config.eval_seed,
+                        per_device=config.eval_batch_size)
+  start = time.time()
+  summary, loss = evaluator(_eval_variables(jax_utils.replicate(state, devices)))
+  results = results_dict(config, summary, devices=len(devices), checkpoint=checkpoint,
+                         checkpoint_step=int(state.step), split=config.test_split,
+                         test_loss=loss, eval_time_s=time.time() - start)
+  name = f'eval_{config.test_split}_{config.test_way}way_{config.test_shot}shot.json'
+  write_json(os.path.join(workdir, name), results)
+  return results

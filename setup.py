@@ -1,0 +1,35 @@
+"""fsl_jax: few-shot learning in JAX/Flax (EGNN, ProtoNet and friends)."""
+
+from setuptools import find_packages, setup
+
+setup(
+  name='fsl_jax',
+  version='0.1.0',
+  description='Few-shot learning in JAX and Flax: episodic training, EGNN and baselines.',
+  long_description=open('README.md', encoding='utf-8').read(),
+  long_description_content_type='text/markdown',
+  packages=find_packages(include=['fsl_jax', 'fsl_jax.*']),
+  python_requires='>=3.10',
+  install_requires=[
+    # CPU JAX by default; see README.md for GPU (jax[cuda12]) and TPU (jax[tpu]).
+    'jax>=0.8',
+    'flax>=0.12',
+    'optax>=0.2.5',
+    'chex>=0.1.90',
+    'absl-py',
+    'ml_collections',
+    'orbax-checkpoint>=0.11',
+    'clu',
+    'tensorflow-datasets',
+    # clu's TensorBoard writer needs TensorFlow; the CPU build is enough (JAX
+    # does the compute).
+    'tensorflow-cpu',
+    'tensorboard',
+    'numpy',
+    'pillow',
+  ],
+  extras_require={
+    'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'ruff'],
+    'colab': ['matplotlib'],
+  },
+)
