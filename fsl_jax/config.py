@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Optimisation.
   c.num_train_steps = 20_000
+  c.optimizer = 'adam'  # 'adam' or 'sgd' (with `momentum`).
+  c.momentum = 0.9
   c.learning_rate = 1e-3
   c.lr_decay_every = 2_000  # Steps between learning-rate decays (0: constant).
   c.lr_decay_factor = 0.5
@@ -123,6 +125,8 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
       f'Method {config.method!r} does not use unlabelled supports; set unlabeled_shot '
       'and test_unlabeled_shot to 0.'
     )
+  if config.optimizer not in ('adam', 'sgd'):
+    raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.")
   for field in ('num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',
                 'eval_batch_size'):
     if config[field] < 1:

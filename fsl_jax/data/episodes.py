@@ -21,10 +21,10 @@ from typing import Any, Protocol
 
 import flax
 import jax
-from flax import jax_utils
 import jax.numpy as jnp
 import numpy as np
 
+from fsl_jax import parallel
 from fsl_jax.data import errors
 from fsl_jax.data.dataset import ClassMajorDataset
 
@@ -185,7 +185,7 @@ class DeviceEpisodes:
 
   def __post_init__(self):
     self.spec.validate(self.dataset.num_classes, self.dataset.examples_per_class, self.split)
-    self._images = jax_utils.replicate(self.dataset.images, self.devices)
+    self._images = parallel.replicate(self.dataset.images, self.devices)
 
   def step_inputs(self, keys=None):
     del keys  # The episodes are sampled from the keys on the device.
@@ -251,7 +251,7 @@ class HostEpisodes:
   def _batch(self, keys):
     episodes = [self.sample(k) for k in keys.reshape(-1, keys.shape[-1])]
     stacked = jax.tree.map(lambda *x: np.stack(x).reshape(keys.shape[:2] + x[0].shape), *episodes)
-    return shard(stacked, self.devices)
+    return parallel.shard(stacked, self.devices)
 
   def step_inputs(self, keys=None):
     """The next prefetched batch; `keys` is sampled now if nothing is queued."""
@@ -262,12 +262,6 @@ class HostEpisodes:
   def episodes(self, inputs: Episode, keys: jax.Array) -> Episode:
     del keys  # Already used on the host.
     return _normalized(inputs, self.mean, self.std)
-
-
-def shard(tree, devices=None):
-  """Puts arrays with a leading `[devices]` axis onto the devices, as pmap expects."""
-  mesh = jax.sharding.Mesh(np.array(devices or jax.local_devices()), ('devices',))
-  return jax.device_put(tree, jax.NamedSharding(mesh, jax.P('devices')))
 
 
 def _part_bounds(spec: EpisodeSpec):

@@ -8,8 +8,8 @@ import time
 
 import jax
 import numpy as np
-from flax import jax_utils
 
+from fsl_jax import parallel
 from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
 from fsl_jax.data.dataset import ClassMajorDataset
@@ -67,7 +67,7 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
   step = jax.pmap(functools.partial(train.train_step, model=model, source=source, spec=spec,
                                     per_device=per_device),
                   axis_name=train.AXIS, donate_argnums=(0,), devices=devices)
-  holder = {'state': jax_utils.replicate(state, devices)}
+  holder = {'state': parallel.replicate(state, devices)}
 
   def run_step():
     holder['state'], metrics = step(holder['state'], source.step_inputs())

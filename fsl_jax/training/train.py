@@ -25,17 +25,17 @@ import numpy as np
 import optax
 from absl import logging
 from clu import metric_writers, periodic_actions
-from flax import jax_utils
 from flax.training import train_state
 
 from fsl_jax import config as config_lib
+from fsl_jax import parallel
 from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
 from fsl_jax.evaluation import metrics as metrics_lib
 from fsl_jax.models import base as models_base
 from fsl_jax.training import checkpoint as checkpoint_lib
 
-AXIS = 'devices'
+AXIS = parallel.AXIS
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -50,7 +50,11 @@ class TrainState(train_state.TrainState):
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with a step-decay schedule and coupled L2 (added before Adam, not AdamW)."""
+  """Adam (or SGD with momentum), a step-decay schedule, and coupled L2.
+
+  The L2 term is added to the gradient before Adam (as in PyTorch's
+  `Adam(weight_decay=...)`), which is not AdamW's decoupled decay.
+  """
   if config.lr_decay_every:
     schedule = optax.exponential_decay(
       config.learning_rate, config.lr_decay_every, config.lr_decay_factor, staircase=True
@@ -58,7 +62,11 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
   else:
     schedule = optax.constant_schedule(config.learning_rate)
   parts = [optax.add_decayed_weights(config.weight_decay)] if config.weight_decay else []
-  return optax.chain(*parts, optax.scale_by_adam(), optax.scale_by_learning_rate(schedule))
+  if config.optimizer == 'adam':
+    parts.append(optax.scale_by_adam())
+  elif config.momentum:
+    parts.append(optax.trace(decay=config.momentum))
+  return optax.chain(*parts, optax.scale_by_learning_rate(schedule))
 
 
 def episode_spec(config: ml_collections.ConfigDict, test: bool = False):
@@ -262,7 +270,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   step_fn = functools.partial(train_step, model=model, source=train_source, spec=train_spec,
                               per_device=per_device)
   p_train_step = jax.pmap(step_fn, axis_name=AXIS, donate_argnums=(0,), devices=devices)
-  p_state = jax_utils.replicate(state, devices)
+  p_state = parallel.replicate(state, devices)
   train_key = state.train_key
   del state
 
@@ -307,20 +315,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       logging.info('Step %d: validation %s', step, summary)
       if summary.accuracy > best['accuracy']:
         best = {'accuracy': summary.accuracy, 'step': step}
-        ckpt.save_best(jax_utils.unreplicate(p_state), best)
+        ckpt.save_best(parallel.unreplicate(p_state), best)
     if step % config.checkpoint_every == 0 or last:
       flush(step)  # Never checkpoint a state that diverged.
-      ckpt.save(step, jax_utils.unreplicate(p_state), best)
+      ckpt.save(step, parallel.unreplicate(p_state), best)
   train_time = time.time() - train_start
   ckpt.wait()
 
-  final = jax_utils.unreplicate(p_state)
+  final = parallel.unreplicate(p_state)
   if best['step'] > 0:
     final = ckpt.restore_best(final)
     logging.info('Testing the best validation checkpoint (step %d).', best['step'])
   test = Evaluator(model, test_source, num_episodes=config.eval_episodes, seed=config.eval_seed,
                    per_device=config.eval_batch_size)
-  summary, test_loss = test(_eval_variables(jax_utils.replicate(final, devices)))
+  summary, test_loss = test(_eval_variables(parallel.replicate(final, devices)))
   logging.info('Test: %s', summary)
   writer.write_scalars(config.num_train_steps, {'test/accuracy': summary.accuracy})
   writer.flush()
@@ -393,7 +401,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
   evaluator = Evaluator(model, source, num_episodes=config.eval_episodes, seed=config.eval_seed,
                         per_device=config.eval_batch_size)
   start = time.time()
-  summary, loss = evaluator(_eval_variables(jax_utils.replicate(state, devices)))
+  summary, loss = evaluator(_eval_variables(parallel.replicate(state, devices)))
   results = results_dict(config, summary, devices=len(devices), checkpoint=checkpoint,
                          checkpoint_step=int(state.step), split=config.test_split,
                          test_loss=loss, eval_time_s=time.time() - start)

@@ -1,0 +1,125 @@
+"""The training loop: devices, resume, determinism, failures, and real learning."""
+
+import json
+import os
+
+import chex
+import jax
+import numpy as np
+import pytest
+from helpers import tiny_config, trained_state
+
+from fsl_jax import config as config_lib
+from fsl_jax.training import train
+
+SHORT = dict(num_train_steps=4, eval_every=0, eval_episodes=8, checkpoint_every=2, log_every=1)
+
+
+def test_four_devices_equal_one_device(tmp_path):
+  """Same total meta-batch on 4 devices (1 episode each) and on 1 device (4).
+
+  SGD, because Adam's first steps are lr * sign(gradient): a gradient entry that
+  is zero up to rounding (summation order differs across devices) flips sign.
+  """
+  assert jax.local_device_count() == 4
+  results = {}
+  for n in (1, 4):
+    config = tiny_config(num_devices=n, meta_batch_size=4, optimizer='sgd', learning_rate=0.05,
+                         **SHORT)
+    results[n] = train.train_and_evaluate(config, str(tmp_path / str(n)))
+    results[n]['state'] = trained_state(config, str(tmp_path / str(n)))
+  assert results[4]['devices'] == 4 and results[1]['devices'] == 1
+  a, b = results[1]['state'], results[4]['state']
+  chex.assert_trees_all_close((a.params, a.batch_stats), (b.params, b.batch_stats),
+                              rtol=1e-3, atol=1e-4)
+  init = train.create_train_state(*train.build(tiny_config(optimizer='sgd')), (28, 28, 1),
+                                  jax.random.PRNGKey(0)).params
+  moved = jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a.params, init)
+  assert min(jax.tree.leaves(moved)) > 1e-4  # Training moved every parameter.
+  np.testing.assert_allclose(results[1]['test_accuracy'], results[4]['test_accuracy'], atol=0.02)
+
+
+def test_resume_equals_uninterrupted_run(tmp_path):
+  """Also the determinism test: two runs of one config agree bit for bit."""
+  config = tiny_config(num_devices=2, **SHORT)
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  interrupted = tiny_config(num_devices=2, **{**SHORT, 'num_train_steps': 2})
+  train.train_and_evaluate(interrupted, str(tmp_path / 'resumed'))
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert resumed['steps'] == 4
+  a = trained_state(config, str(tmp_path / 'straight'))
+  b = trained_state(config, str(tmp_path / 'resumed'))
+  assert int(a.step) == int(b.step) == 4
+  jax.tree.map(np.testing.assert_array_equal, (a.params, a.batch_stats, a.opt_state),
+               (b.params, b.batch_stats, b.opt_state))
+
+
+def test_non_finite_loss_stops_with_the_step(tmp_path):
+  config = tiny_config(num_devices=1, learning_rate=float('inf'), **SHORT)
+  with pytest.raises(train.NonFiniteLossError, match='at step 2;'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not os.path.exists(tmp_path / 'results.json')
+  assert not os.path.exists(tmp_path / 'checkpoints' / '2')  # Never saves a diverged state.
+
+
+def test_steps_compile_once(tmp_path, monkeypatch):
+  traces = {'train': 0, 'eval': 0}
+
+  def counting(name, fn):
+    def wrapped(*args, **kwargs):
+      traces[name] += 1
+      return fn(*args, **kwargs)
+    return wrapped
+
+  monkeypatch.setattr(train, 'train_step', counting('train', train.train_step))
+  monkeypatch.setattr(train, 'eval_step', counting('eval', train.eval_step))
+  config = tiny_config(num_devices=2, **{**SHORT, 'num_train_steps': 6, 'eval_every': 2,
+                                         'val_episodes': 30, 'eval_batch_size': 4})
+  train.train_and_evaluate(config, str(tmp_path))
+  # One trace of the train step for 6 steps; one eval trace each for the
+  # validation (3 runs of 4 calls) and test evaluators.
+  assert traces == {'train': 1, 'eval': 2}
+
+
+def test_results_json_fields(tmp_path):
+  train.train_and_evaluate(tiny_config(num_devices=2, **SHORT), str(tmp_path))
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  for field in ('method', 'dataset', 'way', 'shot', 'query', 'test_accuracy', 'test_ci95',
+                'test_episodes', 'steps', 'seed', 'wall_time_s', 'jax_version', 'devices'):
+    assert field in results, field
+  assert results['test_episodes'] == 8 and results['devices'] == 2
+  assert 0 <= results['test_accuracy'] <= 1 and 0 < results['test_ci95'] < 1
+
+
+@pytest.mark.parametrize('overrides, message', [
+  ({'learning_rat': 0.1}, "Unknown config field 'learning_rat'.*Did you mean 'learning_rate'"),
+  ({'method': 'protonets'}, "Unknown method 'protonets'.*Did you mean 'protonet'"),
+  ({'meta_batch_size': 3, 'num_devices': 2}, 'meta_batch_size=3 does not divide over 2'),
+  ({'num_devices': 9}, 'num_devices=9, but 4 local devices exist'),
+  ({'unlabeled_shot': 1}, "'protonet' does not use unlabelled supports"),
+])
+def test_bad_configs_are_clear_errors(overrides, message):
+  config = tiny_config()
+  with config.unlocked():
+    config.update(overrides)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    train.build(config)
+
+
+def test_impossible_test_episode_is_a_clear_error(tmp_path):
+  with pytest.raises(Exception, match='A 2000-way episode needs 2000 distinct classes'):
+    train.train_and_evaluate(tiny_config(test_way=2000, **SHORT), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_tiny_training_on_real_omniglot_beats_chance(tmp_path):
+  config = tiny_config(num_devices=4, meta_batch_size=4, num_train_steps=150, eval_every=50,
+                       eval_episodes=200)
+  results = train.train_and_evaluate(config, str(tmp_path))
+  # Chance is 20% for 5-way; an untrained Conv-4 gets roughly 50-70% from the
+  # random features alone, and 150 steps reach about 90%.
+  assert results['test_accuracy'] > 0.8, results
+  assert results['test_accuracy'] - results['test_ci95'] > 0.6
+  state = trained_state(config, str(tmp_path))
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
