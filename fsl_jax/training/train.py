@@ -34,6 +34,7 @@ from fsl_jax.data import registry as data_registry
 from fsl_jax.evaluation import metrics as metrics_lib
 from fsl_jax.models import base as models_base
 from fsl_jax.training import checkpoint as checkpoint_lib
+from fsl_jax.training import history
 
 AXIS = parallel.AXIS
 
@@ -287,7 +288,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   queued = set()
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.MultiWriter([
+    metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
+    history.JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+  ])
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   pending, pending_from = [], start_step
 

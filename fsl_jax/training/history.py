@@ -1,0 +1,37 @@
+"""Scalar metrics as JSON lines (`workdir/metrics.jsonl`), for notebooks and scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from clu.metric_writers import logging_writer
+
+
+class JsonlWriter(logging_writer.LoggingWriter):
+  """A clu writer that appends `{"step": s, name: value, ...}` lines to a file.
+
+  Only scalars go to the file; everything else is logged as `LoggingWriter` does.
+  A resumed run appends to the same file.
+  """
+
+  def __init__(self, path: str):
+    super().__init__()
+    self._path = path
+
+  def write_scalars(self, step, scalars):
+    with open(self._path, 'a') as f:
+      f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
+
+
+def read(workdir: str) -> list[dict]:
+  """The rows of `workdir/metrics.jsonl`, for the last write of each (step, metric)."""
+  rows: dict[int, dict] = {}
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if os.path.isfile(path):
+    with open(path) as f:
+      for line in f:
+        if line.strip():
+          row = json.loads(line)
+          rows.setdefault(row['step'], {}).update(row)
+  return [rows[s] for s in sorted(rows)]

@@ -1,0 +1,57 @@
+"""The experiment binaries, run as a user runs them."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import CONFIGS
+
+REPO = CONFIGS.parents[1]
+TINY = [f'--config={CONFIGS / "protonet_omniglot.py"}:tiny', '--config.num_train_steps=10',
+        '--config.eval_every=5', '--config.val_episodes=8', '--config.eval_episodes=16']
+
+
+def run(binary, *args, check=True):
+  result = subprocess.run([sys.executable, '-m', f'experiments.{binary}', *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, 'PYTHONPATH': str(REPO)})
+  if check and result.returncode:
+    raise AssertionError(f'{binary} failed:\n{result.stderr[-3000:]}')
+  return result
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_at_another_way(tmp_path):
+  out = run('train', *TINY, f'--workdir={tmp_path}')
+  assert 'protonet on omniglot, 5-way 1-shot:' in out.stdout
+  with open(tmp_path / 'results.json') as f:
+    results = json.load(f)
+  assert results['test_episodes'] == 16 and results['steps'] == 10
+  out = run('evaluate', f'--workdir={tmp_path}', '--way=10', '--episodes=12')
+  assert '10-way 1-shot' in out.stdout
+  with open(tmp_path / 'eval_test_10way_1shot.json') as f:
+    evaluated = json.load(f)
+  assert evaluated['way'] == 10 and evaluated['test_episodes'] == 12
+  assert evaluated['checkpoint_step'] > 0
+
+
+def test_unknown_config_field_is_refused(tmp_path):
+  out = run('train', *TINY, '--config.wayy=3', f'--workdir={tmp_path}', check=False)
+  assert out.returncode != 0 and 'wayy' in out.stderr
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+  out = run('train', *TINY, f'--config.data_dir={tmp_path}/none', f'--workdir={tmp_path}/w',
+            check=False)
+  assert out.returncode == 2
+  assert 'error: Omniglot archives' in out.stderr and 'Traceback' not in out.stderr
+
+
+def test_benchmark_prints_json():
+  out = run('benchmark', *TINY, '--train_steps=2', '--eval_calls=1',
+            '--synthetic_shape=28,28,1')
+  result = json.loads(out.stdout[out.stdout.index('{'):])
+  assert result['train_episodes_per_s'] > 0 and result['eval_episodes_per_s'] > 0
+  assert result['devices'] == 4
