@@ -95,7 +95,7 @@ def load(split: str, data_dir: str | None = None, cache_dir: str | None = None,
   cache_path = os.path.join(cache, NAME, f'v{_CACHE_FORMAT}-{key}')
   dataset = _read_cache(cache_path, split)
   if dataset is None:
-    logging.info('Decoding Omniglot into %s (once; about a minute).', cache_path)
+    logging.info('Decoding Omniglot into %s (once; a few seconds).', cache_path)
     _write_cache(cache_path, _decode(archives))
     dataset = _read_cache(cache_path, split)
     if dataset is None:

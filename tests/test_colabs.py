@@ -1,0 +1,50 @@
+"""The Colab notebooks run top to bottom (tiny settings) in a fresh Jupyter kernel."""
+
+import pathlib
+import re
+
+import nbclient
+import nbformat
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COLABS = REPO / 'colabs'
+ACCURACY = re.compile(r'\d+\.\d+ \+- \d+\.\d+%')
+
+
+def _output_text(nb) -> str:
+  """Stream and plain-text outputs of every code cell, concatenated."""
+  parts = []
+  for cell in nb.cells:
+    for output in cell.get('outputs', []):
+      if output.output_type == 'stream':
+        parts.append(output.text)
+      elif 'data' in output:
+        parts.append(output.data.get('text/plain', ''))
+  return '\n'.join(parts)
+
+
+@pytest.mark.slow
+def test_quickstart_runs(monkeypatch, tmp_path, data_dir):
+  # The kernel inherits this process's environment (XLA_FLAGS from conftest
+  # included: 4 CPU devices, which the notebook's meta-batch must divide over).
+  monkeypatch.setenv('FSL_JAX_NOTEBOOK_TINY', '1')
+  monkeypatch.setenv('FSL_JAX_REPO', str(REPO))
+  monkeypatch.setenv('FSL_JAX_DATA_DIR', data_dir)
+  monkeypatch.setenv('TMPDIR', str(tmp_path))  # The notebook's WORKDIR goes under it.
+  nb = nbformat.read(COLABS / 'quickstart.ipynb', as_version=4)
+  client = nbclient.NotebookClient(
+    nb, timeout=600, kernel_name='python3', resources={'metadata': {'path': str(COLABS)}}
+  )
+  try:
+    client.execute()
+  except nbclient.exceptions.CellExecutionError as e:
+    pytest.fail(f'The quickstart notebook failed:\n{e}')
+
+  errors = [o for c in nb.cells for o in c.get('outputs', []) if o.output_type == 'error']
+  assert not errors, errors
+  text = _output_text(nb)
+  assert 'Installing fsl_jax' not in text, 'The notebook pip-installed an importable fsl_jax.'
+  accuracies = ACCURACY.findall(text)
+  # The 5-way test accuracy after training and the 20-way re-evaluation.
+  assert len(accuracies) >= 2, text
