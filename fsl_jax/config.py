@@ -37,6 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.query = 15
   c.unlabeled_shot = 0
   c.meta_batch_size = 1  # Episodes per step, over all devices.
+  # 'device': the split lives on the devices and episodes are sampled inside the
+  # step; 'host': sampled with NumPy and prefetched (for splits too big for the
+  # devices).
+  c.episode_sampling = 'device'
   c.num_devices = 0  # Devices to train on (0: all local devices).
 
   # Validation and test episodes (validation uses the test shape).
@@ -125,6 +129,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
       f'Method {config.method!r} does not use unlabelled supports; set unlabeled_shot '
       'and test_unlabeled_shot to 0.'
     )
+  if config.episode_sampling not in ('device', 'host'):
+    raise ConfigError(
+      f"episode_sampling must be 'device' or 'host', got {config.episode_sampling!r}.")
   if config.optimizer not in ('adam', 'sgd'):
     raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.")
   for field in ('num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',

@@ -16,7 +16,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DATA_DIR = os.environ.get('FSL_JAX_DATA_DIR') or str(REPO.parent / 'shared' / 'data')
 os.environ['FSL_JAX_DATA_DIR'] = DATA_DIR  # Configs leave data_dir empty.
 # One decoded cache for the whole session (and its xdist workers).
-os.environ.setdefault('FSL_JAX_CACHE_DIR', os.path.join(tempfile.gettempdir(), 'fsl_jax_test_cache'))
+os.environ.setdefault('FSL_JAX_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'fsl_jax_test_cache'))
 
 
 @pytest.fixture(scope='session')

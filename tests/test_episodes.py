@@ -33,7 +33,7 @@ def _check(episode, spec):
     labels = np.asarray(labels)
     assert images.shape[0] == labels.shape[0] == spec.way * per_class
     np.testing.assert_array_equal(np.bincount(labels, minlength=spec.way), per_class)
-    for c, e, y in zip(*_ids(images), labels):
+    for c, e, y in zip(*_ids(images), labels, strict=True):
       assert label_to_class.setdefault(int(y), c) == c  # One class per label.
       assert (c, e) not in used  # No example twice in an episode.
       used.add((c, e))

@@ -39,11 +39,13 @@ def test_four_devices_equal_one_device(tmp_path):
   np.testing.assert_allclose(results[1]['test_accuracy'], results[4]['test_accuracy'], atol=0.02)
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize('sampling', ['device', 'host'])
+def test_resume_equals_uninterrupted_run(tmp_path, sampling):
   """Also the determinism test: two runs of one config agree bit for bit."""
-  config = tiny_config(num_devices=2, **SHORT)
+  config = tiny_config(num_devices=2, episode_sampling=sampling, **SHORT)
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
-  interrupted = tiny_config(num_devices=2, **{**SHORT, 'num_train_steps': 2})
+  interrupted = tiny_config(num_devices=2, episode_sampling=sampling,
+                            **{**SHORT, 'num_train_steps': 2})
   train.train_and_evaluate(interrupted, str(tmp_path / 'resumed'))
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
   assert resumed['steps'] == 4

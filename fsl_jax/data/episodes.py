@@ -160,6 +160,9 @@ class EpisodeSource(Protocol):
   """
 
   spec: EpisodeSpec
+  image_shape: tuple[int, ...]
+  devices: list | None
+  needs_host_keys: bool
 
   def step_inputs(self, keys: np.ndarray | None = None) -> Any:
     ...
@@ -186,6 +189,10 @@ class DeviceEpisodes:
   def __post_init__(self):
     self.spec.validate(self.dataset.num_classes, self.dataset.examples_per_class, self.split)
     self._images = parallel.replicate(self.dataset.images, self.devices)
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return self.dataset.image_shape
 
   def step_inputs(self, keys=None):
     del keys  # The episodes are sampled from the keys on the device.
@@ -216,10 +223,12 @@ class HostEpisodes:
   std: float = 1.0
   split: str = ''
   devices: list | None = None  # Default: all local devices.
+  prefetch: int = 2  # Steps sampled ahead, in background threads.
   needs_host_keys: bool = dataclasses.field(default=True, init=False)
 
   def __post_init__(self):
     self.spec.validate(self.num_classes, self.examples_per_class, self.split)
+    self.image_shape = tuple(self.load_class(0).shape[1:])
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     self._queue = collections.deque()
 

@@ -103,7 +103,8 @@ def load(split: str, data_dir: str | None = None, cache_dir: str | None = None,
                              'back after writing it; is the disk full?')
   if dataset.num_classes == 0:
     raise errors.CorruptDatasetError(
-      f'The Omniglot {split} split is empty: the archives in {os.path.dirname(archives[ARCHIVES_FIRST])} '
+      f'The Omniglot {split} split is empty: the archives in '
+      f'{os.path.dirname(archives[ARCHIVES_FIRST])} '
       'hold too few characters for the Vinyals split (1623 expected). Use the full archives.'
     )
   return dataset

@@ -210,7 +210,13 @@ def _make_sources(config, splits, test: bool, devices):
   for split in splits:
     dataset = data_registry.load_dataset(config.dataset, split, config.data_dir or None,
                                          config.cache_dir or None, config.download)
-    sources.append(episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, split, devices))
+    if config.episode_sampling == 'device':
+      sources.append(episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, split,
+                                                 devices))
+    else:
+      sources.append(episodes_lib.HostEpisodes(
+        lambda c, images=dataset.images: images[c], dataset.num_classes,
+        dataset.examples_per_class, spec, info.mean, info.std, split, devices=devices))
   return sources
 
 
@@ -258,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   validate = Evaluator(model, val_source, num_episodes=config.val_episodes,
                        seed=config.eval_seed, per_device=config.eval_batch_size)
 
-  state = create_train_state(config, model, train_source.dataset.image_shape,
+  state = create_train_state(config, model, train_source.image_shape,
                              jax.random.PRNGKey(config.seed))
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
   # Resume order: the latest checkpoint in workdir if there is one, else a fresh
@@ -336,8 +342,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   logging.info('Test: %s', summary)
   writer.write_scalars(config.num_train_steps, {'test/accuracy': summary.accuracy})
   writer.flush()
-  results = results_dict(config, summary, devices=len(devices), wall_time_s=time.time() - start_time,
-                         train_time_s=train_time, best=best, test_loss=test_loss)
+  results = results_dict(config, summary, devices=len(devices), best=best, test_loss=test_loss,
+                         wall_time_s=time.time() - start_time, train_time_s=train_time)
   write_json(os.path.join(workdir, 'results.json'), results)
   return results
 
@@ -391,7 +397,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
   config, model = build(config)
   devices = jax.local_devices()[: config.num_devices or None]
   (source,) = _make_sources(config, [config.test_split], True, devices)
-  state = create_train_state(config, model, source.dataset.image_shape,
+  state = create_train_state(config, model, source.image_shape,
                              jax.random.PRNGKey(config.seed))
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
   if checkpoint == 'best' and ckpt.has_best():
