@@ -84,12 +84,14 @@ def with_method_defaults(config: ml_collections.ConfigDict) -> ml_collections.Co
   return config
 
 
-def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collections.ConfigDict:
+def validate(config: ml_collections.ConfigDict, num_devices: int,
+             training: bool = True) -> ml_collections.ConfigDict:
   """Checks a config and returns it with the method's defaults filled in.
 
   Args:
     config: the experiment config.
     num_devices: the number of local devices.
+    training: also check the fields that only training uses (the meta-batch).
 
   Returns:
     The completed config.
@@ -118,7 +120,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
       f'(all) or a number up to {num_devices}.'
     )
   num_devices = config.num_devices or num_devices
-  if config.meta_batch_size % num_devices:
+  if training and config.meta_batch_size % num_devices:
     raise ConfigError(
       f'meta_batch_size={config.meta_batch_size} does not divide over {num_devices} '
       f'devices; use a multiple of {num_devices}.'
@@ -134,8 +136,18 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> ml_collecti
       f"episode_sampling must be 'device' or 'host', got {config.episode_sampling!r}.")
   if config.optimizer not in ('adam', 'sgd'):
     raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.")
-  for field in ('num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',
-                'eval_batch_size'):
+  positive = ['num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',
+              'eval_batch_size', 'meta_batch_size', 'keep_checkpoints']
+  if config.eval_every:
+    positive.append('val_episodes')
+  for field in positive:
     if config[field] < 1:
       raise ConfigError(f'{field} must be at least 1, got {config[field]}.')
+  if config.eval_every < 0:
+    raise ConfigError(f'eval_every must be >= 0 (0: no validation), got {config.eval_every}.')
+  if config.eval_every and config.val_split in (config.train_split, config.test_split):
+    raise ConfigError(
+      f'val_split={config.val_split!r} is also the train or test split; model selection '
+      'must use classes that are neither trained on nor tested on.'
+    )
   return config

@@ -31,7 +31,7 @@ def test_train_then_evaluate_at_another_way(tmp_path):
   assert results['test_episodes'] == 16 and results['steps'] == 10
   out = run('evaluate', f'--workdir={tmp_path}', '--way=10', '--episodes=12')
   assert '10-way 1-shot' in out.stdout
-  with open(tmp_path / 'eval_test_10way_1shot.json') as f:
+  with open(tmp_path / 'eval_test_10way_1shot_5query_12episodes_best.json') as f:
     evaluated = json.load(f)
   assert evaluated['way'] == 10 and evaluated['test_episodes'] == 12
   assert evaluated['checkpoint_step'] > 0

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -56,12 +57,27 @@ def test_resume_equals_uninterrupted_run(tmp_path, sampling):
                (b.params, b.batch_stats, b.opt_state))
 
 
-def test_non_finite_loss_stops_with_the_step(tmp_path):
+def test_non_finite_training_stops_with_the_step(tmp_path):
+  # An infinite step size: the loss of step 1 is finite, the update of step 1 is not.
   config = tiny_config(num_devices=1, learning_rate=float('inf'), **SHORT)
-  with pytest.raises(train.NonFiniteLossError, match='at step 2;'):
+  with pytest.raises(train.NonFiniteLossError, match='parameters became non-finite at step 1;'):
     train.train_and_evaluate(config, str(tmp_path))
   assert not os.path.exists(tmp_path / 'results.json')
-  assert not os.path.exists(tmp_path / 'checkpoints' / '2')  # Never saves a diverged state.
+  assert not os.listdir(tmp_path / 'checkpoints')  # Never saves a diverged state.
+
+
+def test_resume_after_dying_between_a_best_save_and_a_checkpoint(tmp_path):
+  config = tiny_config(num_devices=1, **{**SHORT, 'eval_every': 1, 'val_episodes': 4})
+  first = train.train_and_evaluate(config, str(tmp_path))
+  shutil.rmtree(tmp_path / 'checkpoints' / '4')  # As if the run died before this save.
+  resumed = train.train_and_evaluate(config, str(tmp_path))
+  assert resumed['best'] == first['best'] and resumed['test_accuracy'] == first['test_accuracy']
+
+
+def test_resuming_with_another_protocol_is_refused(tmp_path):
+  train.train_and_evaluate(tiny_config(num_devices=1, **SHORT), str(tmp_path))
+  with pytest.raises(config_lib.ConfigError, match=r'other settings \(shot\)'):
+    train.train_and_evaluate(tiny_config(num_devices=1, shot=2, **SHORT), str(tmp_path))
 
 
 def test_steps_compile_once(tmp_path, monkeypatch):
@@ -100,6 +116,10 @@ def test_results_json_fields(tmp_path):
   ({'meta_batch_size': 3, 'num_devices': 2}, 'meta_batch_size=3 does not divide over 2'),
   ({'num_devices': 9}, 'num_devices=9, but 4 local devices exist'),
   ({'unlabeled_shot': 1}, "'protonet' does not use unlabelled supports"),
+  ({'backbone': 'conv5'}, "Unknown backbone 'conv5'"),
+  ({'val_episodes': 0}, 'val_episodes must be at least 1'),
+  ({'meta_batch_size': 0}, 'meta_batch_size must be at least 1'),
+  ({'val_split': 'test'}, "val_split='test' is also the train or test split"),
 ])
 def test_bad_configs_are_clear_errors(overrides, message):
   config = tiny_config()
@@ -125,3 +145,14 @@ def test_tiny_training_on_real_omniglot_beats_chance(tmp_path):
   assert results['test_accuracy'] - results['test_ci95'] > 0.6
   state = trained_state(config, str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+
+
+def test_history_skips_a_line_cut_short(tmp_path):
+  from fsl_jax.training import history
+
+  history.JsonlWriter(str(tmp_path / 'metrics.jsonl')).write_scalars(1, {'train/loss': 2.0})
+  with open(tmp_path / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 2, "train/lo')  # A killed run.
+  history.JsonlWriter(str(tmp_path / 'metrics.jsonl')).write_scalars(3, {'train/loss': 1.0})
+  assert history.read(str(tmp_path)) == [{'step': 1, 'train/loss': 2.0},
+                                         {'step': 3, 'train/loss': 1.0}]

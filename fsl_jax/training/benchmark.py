@@ -9,6 +9,7 @@ import time
 import jax
 import numpy as np
 
+from fsl_jax import config as config_lib
 from fsl_jax import parallel
 from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
@@ -47,6 +48,9 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
     A JSON-able dict of measurements.
   """
   config, model = train.build(config)
+  if config.episode_sampling != 'device':
+    raise config_lib.ConfigError(
+      'benchmark measures on-device episode sampling; set episode_sampling=device.')
   devices = jax.local_devices()[: config.num_devices or None]
   per_device = config.meta_batch_size // len(devices)
   info = data_registry.get(config.dataset)

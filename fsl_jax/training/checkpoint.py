@@ -9,6 +9,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 
+class CheckpointNotFoundError(FileNotFoundError):
+  """The checkpoint asked for does not exist."""
+
+
 def _pack(state, best: dict) -> dict:
   return {
     'state': state,
@@ -49,13 +53,26 @@ class Checkpoints:
       return state, {'accuracy': -1.0, 'step': 0}
     return self._restore(self._latest, step, state)
 
-  def restore_best(self, state):
-    """Returns the best-validation state (the latest save of it)."""
+  def restore_best(self, state, step: int | None = None):
+    """Returns the best-validation state saved at `step` (default: the newest)."""
     self._best.wait_until_finished()
-    step = self._best.latest_step()
-    if step is None:
-      raise FileNotFoundError('No best checkpoint was saved.')
+    step = self._best.latest_step() if step is None else step
+    if step is None or step not in self._best.all_steps():
+      raise CheckpointNotFoundError(f'No best-validation checkpoint at step {step} in '
+                                    f'{self._best.directory}.')
     return self._restore(self._best, step, state)[0]
+
+  def prune_best(self, best_step: int) -> None:
+    """Deletes best-validation saves newer than `best_step`.
+
+    A run can die after saving a new best but before the regular checkpoint that
+    records it; the resumed run recomputes that validation, and the orphan must
+    neither collide with the new save nor be tested in its place.
+    """
+    self._best.wait_until_finished()
+    for step in self._best.all_steps():
+      if step > best_step:
+        self._best.delete(step)
 
   def has_best(self) -> bool:
     return self._best.latest_step() is not None

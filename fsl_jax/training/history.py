@@ -18,6 +18,12 @@ class JsonlWriter(logging_writer.LoggingWriter):
   def __init__(self, path: str):
     super().__init__()
     self._path = path
+    # A run killed mid-write leaves a partial last line: start on a fresh one.
+    if os.path.isfile(path) and os.path.getsize(path):
+      with open(path, 'rb+') as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) != b'\n':
+          f.write(b'\n')
 
   def write_scalars(self, step, scalars):
     with open(self._path, 'a') as f:
@@ -31,7 +37,9 @@ def read(workdir: str) -> list[dict]:
   if os.path.isfile(path):
     with open(path) as f:
       for line in f:
-        if line.strip():
+        try:
           row = json.loads(line)
-          rows.setdefault(row['step'], {}).update(row)
+        except json.JSONDecodeError:
+          continue  # A line cut short by a killed run.
+        rows.setdefault(row['step'], {}).update(row)
   return [rows[s] for s in sorted(rows)]

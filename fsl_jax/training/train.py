@@ -78,6 +78,11 @@ def episode_spec(config: ml_collections.ConfigDict, test: bool = False):
   )
 
 
+def hide_unlabeled_labels(episode: episodes_lib.Episode) -> episodes_lib.Episode:
+  """The episode a method's loss sees: unlabelled supports' labels replaced by -1."""
+  return episode.replace(unlabeled_labels=jnp.full_like(episode.unlabeled_labels, -1))
+
+
 def apply_method(model, variables, episode, way: int, *, train: bool, rng=None):
   """Runs a method's forward pass on one episode; query labels are not passed."""
   kwargs = {'rngs': {'dropout': rng}, 'mutable': ['batch_stats']} if train else {}
@@ -144,7 +149,7 @@ def train_step(state: TrainState, inputs, *, model, source, spec, per_device: in
   def episode_loss(params, episode, rng):
     variables = {'params': params, 'batch_stats': state.batch_stats}
     outputs, updates = apply_method(model, variables, episode, spec.way, train=True, rng=rng)
-    loss, extra = model.loss(outputs, episode)
+    loss, extra = model.loss(outputs, hide_unlabeled_labels(episode))
     accuracy = jnp.mean(jnp.argmax(outputs.logits, -1) == episode.query_labels)
     return loss, ({'loss': loss, 'accuracy': accuracy, **extra}, updates['batch_stats'])
 
@@ -157,7 +162,10 @@ def train_step(state: TrainState, inputs, *, model, source, spec, per_device: in
   # is the EMA of the mean statistics (the update is linear).
   mean0 = lambda tree: jax.tree.map(lambda x: x.mean(0), tree)
   grads, batch_stats, metrics = jax.lax.pmean((grads, mean0(batch_stats), mean0(metrics)), AXIS)
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+  state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  # The loss of step s is computed before update s; this flag covers the update.
+  metrics['params_finite'] = jnp.isfinite(optax.global_norm(state.params)).astype(jnp.float32)
+  return state, metrics
 
 
 def eval_step(variables, inputs, first, *, model, source, spec, key, per_device: int):
@@ -166,7 +174,7 @@ def eval_step(variables, inputs, first, *, model, source, spec, key, per_device:
 
   def one(episode):
     outputs = apply_method(model, variables, episode, spec.way, train=False)
-    loss, _ = model.loss(outputs, episode)
+    loss, _ = model.loss(outputs, hide_unlabeled_labels(episode))
     return jnp.mean(jnp.argmax(outputs.logits, -1) == episode.query_labels), loss
 
   return jax.vmap(one)(episodes)
@@ -220,23 +228,52 @@ def _make_sources(config, splits, test: bool, devices):
   return sources
 
 
-def build(config: ml_collections.ConfigDict):
+def build(config: ml_collections.ConfigDict, training: bool = True):
   """Validates `config` and returns it completed, with the method module."""
-  config = config_lib.validate(config, jax.local_device_count())
-  return config, models_base.get_method(config.method).from_config(config)
+  config = config_lib.validate(config, jax.local_device_count(), training=training)
+  try:
+    return config, models_base.get_method(config.method).from_config(config)
+  except ValueError as e:  # E.g. an unknown backbone.
+    raise config_lib.ConfigError(str(e)) from None
 
 
 def _check_finite(pending: list, first_step: int) -> list[dict]:
   """Fetches the pending per-step metrics; raises on the first non-finite loss."""
   rows = [jax.tree.map(lambda x: float(np.asarray(x)[0]), m) for m in jax.device_get(pending)]
   for i, row in enumerate(rows):
-    if not np.isfinite(row['loss']):
+    finite_params = row.pop('params_finite') == 1.0
+    if not np.isfinite(row['loss']) or not finite_params:
+      what = (f'The training loss is {row["loss"]}' if not np.isfinite(row['loss'])
+              else 'The parameters became non-finite')
       raise NonFiniteLossError(
-        f'The training loss is {row["loss"]} at step {first_step + i + 1}; stopping. '
-        'Lower learning_rate or check the data; the last checkpoint holds the state '
-        'before the divergence.'
+        f'{what} at step {first_step + i + 1}; stopping. Lower learning_rate or check '
+        'the data; the last checkpoint holds a state from before the divergence.'
       )
   return rows
+
+
+# Fields that may change when a run is resumed: they do not change what is trained.
+RESUMABLE_CHANGES = frozenset({
+  'num_train_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
+  'eval_episodes', 'eval_batch_size', 'data_dir', 'cache_dir', 'download', 'num_devices',
+})
+
+
+def _check_resumable(config, workdir: str) -> None:
+  """Refuses to continue a workdir trained with another protocol."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    return
+  with open(path) as f:
+    previous = json.load(f)
+  changed = sorted(k for k in set(previous) | set(config.keys())
+                   if k not in RESUMABLE_CHANGES and previous.get(k) != config.get(k))
+  if changed:
+    raise config_lib.ConfigError(
+      f'{workdir} holds a run with other settings ({", ".join(changed)}); resuming it '
+      'would mix two protocols. Use a new --workdir, or experiments/evaluate.py to test '
+      'the trained model at another shape.'
+    )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -252,8 +289,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   start_time = time.time()
   config, model = build(config)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json(indent=1))
+  _check_resumable(config, workdir)
+  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
   devices = jax.local_devices()[: config.num_devices or None]
   per_device = config.meta_batch_size // len(devices)
@@ -270,6 +307,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Resume order: the latest checkpoint in workdir if there is one, else a fresh
   # state; the best validation score travels with it.
   state, best = ckpt.restore_latest(state)
+  ckpt.prune_best(best['step'])
   start_step = int(state.step)
   if start_step:
     logging.info('Resumed from step %d in %s.', start_step, workdir)
@@ -334,7 +372,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   final = parallel.unreplicate(p_state)
   if best['step'] > 0:
-    final = ckpt.restore_best(final)
+    final = ckpt.restore_best(final, best['step'])
     logging.info('Testing the best validation checkpoint (step %d).', best['step'])
   test = Evaluator(model, test_source, num_episodes=config.eval_episodes, seed=config.eval_seed,
                    per_device=config.eval_batch_size)
@@ -390,24 +428,24 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
     raise config_lib.ConfigError(f'{workdir} has no config.json; is it a training workdir?')
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
+  config.num_devices = 0  # Evaluation runs on whatever devices are here now.
   for key, value in overrides.items():
     if key not in config:
       raise config_lib.ConfigError(f'Unknown config field {key!r}.')
     config[key] = value
-  config, model = build(config)
+  config, model = build(config, training=False)
   devices = jax.local_devices()[: config.num_devices or None]
   (source,) = _make_sources(config, [config.test_split], True, devices)
   state = create_train_state(config, model, source.image_shape,
                              jax.random.PRNGKey(config.seed))
-  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
-  if checkpoint == 'best' and ckpt.has_best():
-    state = ckpt.restore_best(state)
-  elif checkpoint in ('best', 'latest'):
-    state, _ = ckpt.restore_latest(state)
-    if int(state.step) == 0:
-      raise FileNotFoundError(f'No checkpoint in {workdir}.')
-  else:
+  if checkpoint not in ('best', 'latest'):
     raise config_lib.ConfigError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}.")
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+  state, best = ckpt.restore_latest(state)
+  if int(state.step) == 0:
+    raise checkpoint_lib.CheckpointNotFoundError(f'No checkpoint in {workdir}.')
+  if checkpoint == 'best' and best['step'] > 0:
+    state = ckpt.restore_best(state, best['step'])
   evaluator = Evaluator(model, source, num_episodes=config.eval_episodes, seed=config.eval_seed,
                         per_device=config.eval_batch_size)
   start = time.time()
@@ -415,6 +453,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
   results = results_dict(config, summary, devices=len(devices), checkpoint=checkpoint,
                          checkpoint_step=int(state.step), split=config.test_split,
                          test_loss=loss, eval_time_s=time.time() - start)
-  name = f'eval_{config.test_split}_{config.test_way}way_{config.test_shot}shot.json'
+  name = (f'eval_{config.test_split}_{config.test_way}way_{config.test_shot}shot_'
+          f'{config.test_query}query_{config.eval_episodes}episodes_{checkpoint}.json')
   write_json(os.path.join(workdir, name), results)
   return results
