@@ -84,6 +84,19 @@ def with_method_defaults(config: ml_collections.ConfigDict) -> ml_collections.Co
   return config
 
 
+def from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """A config saved by an earlier run, with fields added since then at their defaults."""
+  config = base_config()
+  config.method = saved.get('method', config.method)
+  try:
+    config = with_method_defaults(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  with config.unlocked():
+    config.update(saved)
+  return config
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int,
              training: bool = True) -> ml_collections.ConfigDict:
   """Checks a config and returns it with the method's defaults filled in.

@@ -156,3 +156,8 @@ def test_history_skips_a_line_cut_short(tmp_path):
   history.JsonlWriter(str(tmp_path / 'metrics.jsonl')).write_scalars(3, {'train/loss': 1.0})
   assert history.read(str(tmp_path)) == [{'step': 1, 'train/loss': 2.0},
                                          {'step': 3, 'train/loss': 1.0}]
+
+
+def test_a_config_saved_before_a_field_existed_still_loads():
+  config = config_lib.from_saved({'method': 'protonet', 'way': 7})
+  assert config.way == 7 and config.episode_sampling == 'device' and config.backbone == 'conv4'

@@ -265,7 +265,7 @@ def _check_resumable(config, workdir: str) -> None:
   if not os.path.isfile(path):
     return
   with open(path) as f:
-    previous = json.load(f)
+    previous = config_lib.from_saved(json.load(f))
   changed = sorted(k for k in set(previous) | set(config.keys())
                    if k not in RESUMABLE_CHANGES and previous.get(k) != config.get(k))
   if changed:
@@ -427,7 +427,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
   if not os.path.isfile(path):
     raise config_lib.ConfigError(f'{workdir} has no config.json; is it a training workdir?')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = config_lib.from_saved(json.load(f))
   config.num_devices = 0  # Evaluation runs on whatever devices are here now.
   for key, value in overrides.items():
     if key not in config:
