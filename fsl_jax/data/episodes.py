@@ -85,8 +85,8 @@ class Episode:
     query_images: `[way * query, H, W, C]`.
     query_labels: `[way * query]` int32; only losses and metrics may read them.
     unlabeled_images: `[way * unlabeled_shot, H, W, C]`.
-    unlabeled_labels: `[way * unlabeled_shot]` int32; for analysis only, never
-      given to a model.
+    unlabeled_labels: `[way * unlabeled_shot]` int32; for analysis only. The
+      training loop gives methods -1 in their place, in the loss as well.
   """
 
   support_images: jax.Array
