@@ -296,10 +296,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   per_device = config.meta_batch_size // len(devices)
   train_spec = episode_spec(config)
   (train_source,) = _make_sources(config, [config.train_split], False, devices)
-  val_source, test_source = _make_sources(config, [config.val_split, config.test_split], True,
-                                          devices)
-  validate = Evaluator(model, val_source, num_episodes=config.val_episodes,
-                       seed=config.eval_seed, per_device=config.eval_batch_size)
+  (test_source,) = _make_sources(config, [config.test_split], True, devices)
+  if config.eval_every:
+    (val_source,) = _make_sources(config, [config.val_split], True, devices)
+    validate = Evaluator(model, val_source, num_episodes=config.val_episodes,
+                         seed=config.eval_seed, per_device=config.eval_batch_size)
 
   state = create_train_state(config, model, train_source.image_shape,
                              jax.random.PRNGKey(config.seed))
