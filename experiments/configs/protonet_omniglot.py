@@ -9,8 +9,11 @@ Variants (after the colon): `1shot` (default), `5shot`, `tiny` (for tests).
     python experiments/evaluate.py --workdir=runs/protonet_omniglot_1shot --way=20
 
 Paper: 5-way 1-shot 98.8, 20-way 1-shot 96.0 (1shot); 5-way 5-shot 99.7,
-20-way 5-shot 98.9 (5shot). What this config measured here, and with which
-command, is in README.md's results table.
+20-way 5-shot 98.9 (5shot). Measured here (1000 test episodes, 95% CI):
+  1shot, 6000 steps: 5-way 98.50 +- 0.18, 20-way 95.15 +- 0.16
+  5shot, --config.num_train_steps=2000: 5-way 99.49 +- 0.07, 20-way 98.31 +- 0.07
+The 20-way rows re-evaluate the same checkpoint with `experiments/evaluate.py
+--way=20 --episodes=1000`. Training times and exact commands: README.md, Results.
 """
 
 from fsl_jax import config as config_lib
