@@ -122,18 +122,19 @@ def sample_episode(key: jax.Array, images: jax.Array, spec: EpisodeSpec) -> Epis
     jnp.arange(spec.way, dtype=jnp.int32)[:, None], (spec.way, spec.examples_per_class)
   )
 
-  def take(start, count, shuffle_key):
-    x = picked[:, start : start + count].reshape((-1,) + images.shape[2:])
-    y = labels[:, start : start + count].reshape(-1)
+  def take(bounds, shuffle_key):
+    start, stop = bounds
+    x = picked[:, start:stop].reshape((-1,) + images.shape[2:])
+    y = labels[:, start:stop].reshape(-1)
     if shuffle_key is not None:
       order = jax.random.permutation(shuffle_key, x.shape[0])
       x, y = x[order], y[order]
     return x, y
 
-  s, q = spec.shot, spec.query
-  support_images, support_labels = take(0, s, None)
-  query_images, query_labels = take(s, q, query_key)
-  unlabeled_images, unlabeled_labels = take(s + q, spec.unlabeled_shot, unlabeled_key)
+  support, query, unlabeled = _part_bounds(spec)
+  support_images, support_labels = take(support, None)
+  query_images, query_labels = take(query, query_key)
+  unlabeled_images, unlabeled_labels = take(unlabeled, unlabeled_key)
   return Episode(
     support_images, support_labels, query_images, query_labels, unlabeled_images,
     unlabeled_labels
@@ -274,6 +275,7 @@ class HostEpisodes:
 
 
 def _part_bounds(spec: EpisodeSpec):
+  """[start, stop) of supports, queries and unlabelled supports among a class's picks."""
   s, q = spec.shot, spec.query
   return [(0, s), (s, s + q), (s + q, s + q + spec.unlabeled_shot)]
 

@@ -74,9 +74,6 @@ class Checkpoints:
       if step > best_step:
         self._best.delete(step)
 
-  def has_best(self) -> bool:
-    return self._best.latest_step() is not None
-
   @staticmethod
   def _restore(manager, step, state):
     restored = manager.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
