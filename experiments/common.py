@@ -46,6 +46,9 @@ def user_errors():
 
 
 def format_results(results: dict) -> str:
+  mode = results.get('method_config', {}).get('transductive')
+  mode = '' if mode is None else (' transductive' if mode else ' non-transductive')
   return (f"{results['method']} on {results['dataset']}, {results['way']}-way "
-          f"{results['shot']}-shot: {100 * results['test_accuracy']:.2f} +- "
+          f"{results['shot']}-shot {results['query']}-query{mode}: "
+          f"{100 * results['test_accuracy']:.2f} +- "
           f"{100 * results['test_ci95']:.2f}% over {results['test_episodes']} test episodes")

@@ -2,6 +2,8 @@
 
     python experiments/evaluate.py --workdir=runs/protonet_omniglot_1shot \
       --way=20 --shot=1 --episodes=1000
+    python experiments/evaluate.py --workdir=runs/egnn_omniglot_5way1shot \
+      --notransductive --query=15
 """
 
 import json
@@ -19,6 +21,8 @@ flags.DEFINE_integer('episodes', None, 'Number of fixed test episodes.')
 flags.DEFINE_string('split', None, 'Split to evaluate on (default: the test split).')
 flags.DEFINE_enum('checkpoint', 'best', ['best', 'latest'], 'Which checkpoint.')
 flags.DEFINE_string('data_dir', None, 'Data root, if it moved since training.')
+flags.DEFINE_integer('batch_size', None, 'Episodes per device per call (memory).')
+flags.DEFINE_bool('transductive', None, 'EGNN: test in (non-)transductive mode.')
 flags.mark_flag_as_required('workdir')
 
 
@@ -29,7 +33,8 @@ def main(argv):
   from fsl_jax.training import train
 
   names = {'way': 'test_way', 'shot': 'test_shot', 'query': 'test_query',
-           'episodes': 'eval_episodes', 'split': 'test_split', 'data_dir': 'data_dir'}
+           'episodes': 'eval_episodes', 'split': 'test_split', 'data_dir': 'data_dir',
+           'batch_size': 'eval_batch_size', 'transductive': 'transductive'}
   overrides = {field: FLAGS[flag].value for flag, field in names.items()
                if FLAGS[flag].value is not None}
   with common.user_errors():

@@ -55,8 +55,64 @@ class Conv4(nn.Module):
     return x.reshape((x.shape[0], -1))
 
 
+def channel_dropout(x: jax.Array, rate, rng: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """Dropout of whole channels (PyTorch's `Dropout2d`), scaled by `1 / (1 - rate)`.
+
+  Args:
+    x: features with channels last.
+    rate: drop probability; a Python float or a traced scalar (as inside a scan,
+      where each layer has its own rate). A rate of 0 is the identity.
+    rng: the dropout key.
+    axes: the axes a mask entry is shared over (e.g. the spatial axes).
+
+  Returns:
+    `x` with dropped channels zeroed and kept ones rescaled.
+  """
+  keep = 1.0 - jnp.asarray(rate, x.dtype)
+  shape = tuple(1 if i in axes else n for i, n in enumerate(x.shape))
+  mask = jax.random.bernoulli(rng, keep, shape)
+  return jnp.where(mask, x / keep, jnp.zeros_like(x))
+
+
+class EGNNConv4(nn.Module):
+  """The embedding network of EGNN (Kim et al. 2019) for 84x84 images.
+
+  Four blocks of 3x3 conv (64, 96, 128, 256 channels; the second without
+  padding), BatchNorm, 2x2 max-pool and LeakyReLU 0.2, with channel dropout 0.4
+  after block 3 and 0.5 after block 4; then flatten, a linear layer to
+  `embed_dim` and BatchNorm. 84x84 inputs end at 5x5x256 (84 -> 42 -> 20 -> 10
+  -> 5); the same network on 28x28 Omniglot ends at 1x1x256 (28 -> 14 -> 6 -> 3
+  -> 1), so the linear layer maps 256 -> 128 there (`egnn_conv4_omniglot`, which
+  also drops the dropout: see `BACKBONES`).
+  """
+
+  features: tuple[int, ...] = (64, 96, 128, 256)
+  padding: tuple[str, ...] = ('SAME', 'VALID', 'SAME', 'SAME')
+  dropout: tuple[float, ...] = (0.0, 0.0, 0.4, 0.5)
+  embed_dim: int = 128
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    """Maps `[batch, H, W, C]` images to `[batch, embed_dim]` embeddings."""
+    x = images
+    for features, padding, rate in zip(self.features, self.padding, self.dropout, strict=True):
+      x = nn.Conv(features, (3, 3), padding=padding, use_bias=False)(x)
+      x = BatchNorm(use_running_average=not train)(x)
+      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = nn.leaky_relu(x, 0.2)
+      if train and rate:
+        x = channel_dropout(x, rate, self.make_rng('dropout'), axes=(1, 2))
+    x = nn.Dense(self.embed_dim)(x.reshape((x.shape[0], -1)))
+    return BatchNorm(use_running_average=not train)(x)
+
+
 BACKBONES = {
   'conv4': Conv4,
+  'egnn_conv4': EGNNConv4,
+  # Omniglot: EGNN's paper has no Omniglot experiment, so this is our choice: the
+  # same network (a 1x1x256 map before the linear layer on 28x28), without the
+  # dropout, which ProtoNet-style Omniglot embeddings do not use either.
+  'egnn_conv4_omniglot': functools.partial(EGNNConv4, dropout=(0.0, 0.0, 0.0, 0.0)),
 }
 
 

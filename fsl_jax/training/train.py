@@ -399,7 +399,9 @@ def results_dict(config, summary: metrics_lib.AccuracySummary, **extra) -> dict:
     'train_way': config.way, 'train_shot': config.shot, 'train_query': config.query,
     'test_accuracy': summary.accuracy, 'test_ci95': summary.ci95,
     'test_episodes': summary.episodes, 'steps': config.num_train_steps, 'seed': config.seed,
-    'eval_seed': config.eval_seed, 'jax_version': jax.__version__,
+    'eval_seed': config.eval_seed,
+    'method_config': {k: config[k] for k in config_lib.method_defaults(config.method)},
+    'jax_version': jax.__version__,
     'platform': jax.devices()[0].platform, **extra,
   }
 
@@ -410,6 +412,10 @@ def write_json(path: str, payload: dict) -> None:
   with open(tmp, 'w') as f:
     json.dump(payload, f, indent=1, default=float)
   os.replace(tmp, path)
+
+
+_NAMED_FIELDS = frozenset({'test_split', 'test_way', 'test_shot', 'test_query', 'eval_episodes',
+                           'data_dir', 'cache_dir', 'eval_batch_size'})
 
 
 def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) -> dict:
@@ -454,7 +460,9 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
   results = results_dict(config, summary, devices=len(devices), checkpoint=checkpoint,
                          checkpoint_step=int(state.step), split=config.test_split,
                          test_loss=loss, eval_time_s=time.time() - start)
+  # Overrides beyond the episode shape (e.g. EGNN's `transductive`) name the file too.
+  extra = ''.join(f'_{k}-{v}' for k, v in sorted(overrides.items()) if k not in _NAMED_FIELDS)
   name = (f'eval_{config.test_split}_{config.test_way}way_{config.test_shot}shot_'
-          f'{config.test_query}query_{config.eval_episodes}episodes_{checkpoint}.json')
+          f'{config.test_query}query_{config.eval_episodes}episodes_{checkpoint}{extra}.json')
   write_json(os.path.join(workdir, name), results)
   return results
