@@ -336,26 +336,34 @@ def test_bad_egnn_config_names_the_field():
     train_lib.build(config)
 
 
-SHORT = dict(num_train_steps=3, eval_every=0, eval_episodes=8, checkpoint_every=3, log_every=1)
-
-
 def test_four_devices_equal_one_device(tmp_path):
+  """One SGD step from the same state: 4 devices x 1 episode = 1 device x 4 episodes.
+
+  One step, because float rounding (about 5e-7 after one step, from the order of
+  the sums) grows to about 1e-4 in the second step: the edge normalisations are
+  sharp. The generic multi-step check is `test_training.py`'s, with ProtoNet.
+  """
   states = {}
   for n in (1, 4):
     config = load_config('egnn_omniglot', 'tiny')
     config.update(dict(num_devices=n, meta_batch_size=4, optimizer='sgd', learning_rate=0.05,
-                       weight_decay=0.0, **SHORT))
+                       weight_decay=0.0, num_train_steps=1, eval_every=0, eval_episodes=8,
+                       checkpoint_every=1, log_every=1))
     train_lib.train_and_evaluate(config, str(tmp_path / str(n)))
     states[n] = trained_state(config, str(tmp_path / str(n)))
   a, b = states[1], states[4]
   chex.assert_trees_all_close((a.params, a.batch_stats), (b.params, b.batch_stats),
-                              rtol=1e-3, atol=1e-4)
+                              rtol=1e-4, atol=1e-5)
+  init = train_lib.create_train_state(*train_lib.build(load_config('egnn_omniglot', 'tiny')),
+                                      (28, 28, 1), jax.random.PRNGKey(0)).params
+  moved = jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a.params, init)
+  assert min(jax.tree.leaves(moved)) > 1e-4  # The step moved every parameter.
 
 
 def test_tiny_egnn_learns_omniglot(tmp_path, data_dir):
-  """60 steps of 8 five-way episodes; chance is 20%."""
+  """100 steps of 8 five-way episodes (both modes about 65% when written); chance is 20%."""
   for transductive in (True, False):
     config = load_config('egnn_omniglot', 'tiny')
     config.transductive = transductive
     results = train_lib.train_and_evaluate(config, str(tmp_path / str(transductive)))
-    assert results['test_accuracy'] > 0.6, results
+    assert results['test_accuracy'] > 0.45, results

@@ -53,10 +53,11 @@ def get_config(variant: str = '5way1shot'):
     config.shot = config.test_shot = 1
     config.test_query = 3
     config.meta_batch_size = 8
-    config.num_train_steps = 60
+    config.learning_rate = 3e-3
+    config.num_train_steps = 100
     config.log_every = 20
-    config.eval_every = 30
-    config.checkpoint_every = 30
+    config.eval_every = 50
+    config.checkpoint_every = 50
     config.val_episodes = 40
     config.eval_episodes = 100
     config.eval_batch_size = 10

@@ -102,8 +102,12 @@ class EGNNConv4(nn.Module):
       x = nn.leaky_relu(x, 0.2)
       if train and rate:
         x = channel_dropout(x, rate, self.make_rng('dropout'), axes=(1, 2))
-    x = nn.Dense(self.embed_dim)(x.reshape((x.shape[0], -1)))
-    return BatchNorm(use_running_average=not train)(x)
+    # No bias before BatchNorm (the reference has one; BN cancels it, see ConvBlock),
+    # and no shift in the last BatchNorm: EGNN's graph (|v_i - v_j| and a node MLP
+    # that starts with BatchNorm) and metric methods are invariant to a shift of all
+    # embeddings, so its gradient is zero (the multi-device test found it frozen).
+    x = nn.Dense(self.embed_dim, use_bias=False)(x.reshape((x.shape[0], -1)))
+    return BatchNorm(use_running_average=not train, use_bias=False)(x)
 
 
 BACKBONES = {
