@@ -25,7 +25,7 @@ def run(binary, *args, check=True):
 @pytest.mark.slow
 def test_train_then_evaluate_at_another_way(tmp_path):
   out = run('train', *TINY, f'--workdir={tmp_path}')
-  assert 'protonet on omniglot, 5-way 1-shot:' in out.stdout
+  assert 'protonet on omniglot, 5-way 1-shot 5-query:' in out.stdout
   with open(tmp_path / 'results.json') as f:
     results = json.load(f)
   assert results['test_episodes'] == 16 and results['steps'] == 10
@@ -55,3 +55,17 @@ def test_benchmark_prints_json():
   result = json.loads(out.stdout[out.stdout.index('{'):])
   assert result['train_episodes_per_s'] > 0 and result['eval_episodes_per_s'] > 0
   assert result['devices'] == 4
+
+
+@pytest.mark.slow
+def test_egnn_evaluates_in_the_other_mode(tmp_path):
+  run('train', f'--config={CONFIGS / "egnn_omniglot.py"}:tiny', '--config.num_train_steps=4',
+      '--config.eval_every=0', '--config.eval_episodes=8', f'--workdir={tmp_path}')
+  out = run('evaluate', f'--workdir={tmp_path}', '--notransductive', '--query=2',
+            '--episodes=8')
+  assert 'egnn on omniglot, 5-way 1-shot 2-query non-transductive:' in out.stdout
+  with open(tmp_path / 'eval_test_5way_1shot_2query_8episodes_best_transductive-False.json') as f:
+    evaluated = json.load(f)
+  assert evaluated['method_config']['transductive'] is False
+  out = run('evaluate', f'--workdir={tmp_path}', '--episodes=0', check=False)
+  assert out.returncode == 2 and 'eval_episodes must be at least 1' in out.stderr

@@ -414,6 +414,53 @@ def write_json(path: str, payload: dict) -> None:
   os.replace(tmp, path)
 
 
+def _load_config(workdir: str, overrides: dict) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise config_lib.ConfigError(f'{workdir} has no config.json; is it a training workdir?')
+  with open(path) as f:
+    config = config_lib.from_saved(json.load(f))
+  config.num_devices = 0  # Evaluation runs on whatever devices are here now.
+  for key, value in overrides.items():
+    if key not in config:
+      raise config_lib.ConfigError(f'Unknown config field {key!r}.')
+    config[key] = value
+  return config
+
+
+def _restore(config, model, workdir: str, checkpoint: str, image_shape) -> TrainState:
+  """The 'best' (falling back to 'latest' without validation) or 'latest' state."""
+  if checkpoint not in ('best', 'latest'):
+    raise config_lib.ConfigError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}.")
+  state = create_train_state(config, model, image_shape, jax.random.PRNGKey(config.seed))
+  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+  state, best = ckpt.restore_latest(state)
+  if int(state.step) == 0:
+    raise checkpoint_lib.CheckpointNotFoundError(f'No checkpoint in {workdir}.')
+  if checkpoint == 'best' and best['step'] > 0:
+    state = ckpt.restore_best(state, best['step'])
+  return state
+
+
+def load_trained(workdir: str, *, checkpoint: str = 'best', **overrides):
+  """A trained model for analysis (e.g. in a notebook).
+
+  Args:
+    workdir: a training workdir.
+    checkpoint: 'best' or 'latest', as in `evaluate_checkpoint`.
+    **overrides: config fields to change (e.g. EGNN's `transductive`).
+
+  Returns:
+    `(config, model, variables)`: `model.apply(variables, ..., train=False)`
+    runs the trained method.
+  """
+  config, model = build(_load_config(workdir, overrides), training=False)
+  dataset = data_registry.load_dataset(config.dataset, config.test_split, config.data_dir or None,
+                                       config.cache_dir or None, config.download)
+  state = _restore(config, model, workdir, checkpoint, dataset.image_shape)
+  return config, model, {'params': state.params, 'batch_stats': state.batch_stats}
+
+
 _NAMED_FIELDS = frozenset({'test_split', 'test_way', 'test_shot', 'test_query', 'eval_episodes',
                            'data_dir', 'cache_dir', 'eval_batch_size'})
 
@@ -425,34 +472,18 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
     workdir: a training workdir (holding `config.json` and checkpoints).
     checkpoint: 'best' (best validation; falls back to 'latest' when there was
       no validation) or 'latest'.
-    **overrides: config fields to change, e.g. `test_way=20, eval_episodes=1000`.
+    **overrides: config fields to change, e.g. `test_way=20, eval_episodes=1000`,
+      or a method's own (`transductive=False`).
 
   Returns:
-    The results dict, also written to `workdir/eval_<split>_<way>way_<shot>shot.json`.
+    The results dict, also written to
+    `workdir/eval_<split>_<way>way_<shot>shot_<query>query_<episodes>episodes_<checkpoint>.json`
+    (plus `_<field>-<value>` for each override of another field).
   """
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise config_lib.ConfigError(f'{workdir} has no config.json; is it a training workdir?')
-  with open(path) as f:
-    config = config_lib.from_saved(json.load(f))
-  config.num_devices = 0  # Evaluation runs on whatever devices are here now.
-  for key, value in overrides.items():
-    if key not in config:
-      raise config_lib.ConfigError(f'Unknown config field {key!r}.')
-    config[key] = value
-  config, model = build(config, training=False)
+  config, model = build(_load_config(workdir, overrides), training=False)
   devices = jax.local_devices()[: config.num_devices or None]
   (source,) = _make_sources(config, [config.test_split], True, devices)
-  state = create_train_state(config, model, source.image_shape,
-                             jax.random.PRNGKey(config.seed))
-  if checkpoint not in ('best', 'latest'):
-    raise config_lib.ConfigError(f"checkpoint must be 'best' or 'latest', got {checkpoint!r}.")
-  ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
-  state, best = ckpt.restore_latest(state)
-  if int(state.step) == 0:
-    raise checkpoint_lib.CheckpointNotFoundError(f'No checkpoint in {workdir}.')
-  if checkpoint == 'best' and best['step'] > 0:
-    state = ckpt.restore_best(state, best['step'])
+  state = _restore(config, model, workdir, checkpoint, source.image_shape)
   evaluator = Evaluator(model, source, num_episodes=config.eval_episodes, seed=config.eval_seed,
                         per_device=config.eval_batch_size)
   start = time.time()

@@ -1,0 +1,23 @@
+"""Every experiment config loads and validates, in every variant its docstring names."""
+
+import pytest
+from helpers import CONFIGS, load_config
+
+from fsl_jax import config as config_lib
+
+VARIANTS = {
+  'protonet_omniglot': ['1shot', '5shot', 'tiny'],
+  'egnn_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot',
+                    '5way1shot-nontransductive', '20way1shot-nontransductive', 'tiny'],
+}
+
+
+def test_every_config_file_is_listed():
+  names = {p.stem for p in CONFIGS.glob('*.py') if p.stem != '__init__'}
+  assert names == set(VARIANTS), 'Add the new config and its variants to VARIANTS.'
+
+
+@pytest.mark.parametrize('name,variant', [(n, v) for n, vs in VARIANTS.items() for v in vs])
+def test_config_validates(name, variant):
+  config = config_lib.validate(load_config(name, variant), num_devices=1)
+  assert config.num_train_steps > 0
