@@ -9,12 +9,7 @@
 # omniglot/images_background.zip and omniglot/images_evaluation.zip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import fsl_jax' 2>/dev/null; then
-  python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet -e .
-fi
-export FSL_JAX_DATA_DIR="${FSL_JAX_DATA_DIR:-$(cd .. && pwd)/shared/data}"
+source experiments/env.sh
 WORKDIR="${WORKDIR:-runs/protonet_omniglot_1shot}"
 .venv/bin/python -m experiments.train \
   --config=experiments/configs/protonet_omniglot.py:1shot --workdir="$WORKDIR" "$@"
