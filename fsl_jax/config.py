@@ -42,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
   # devices).
   c.episode_sampling = 'device'
   c.num_devices = 0  # Devices to train on (0: all local devices).
+  # BatchNorm statistics in training: 'episode' (each episode its own) or
+  # 'meta_batch' (pooled over all episodes of the step, on all devices).
+  c.batchnorm_stats = 'episode'
 
   # Validation and test episodes (validation uses the test shape).
   c.test_way = 5
@@ -147,6 +150,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if config.episode_sampling not in ('device', 'host'):
     raise ConfigError(
       f"episode_sampling must be 'device' or 'host', got {config.episode_sampling!r}.")
+  if config.batchnorm_stats not in ('episode', 'meta_batch'):
+    raise ConfigError("batchnorm_stats must be 'episode' or 'meta_batch', got "
+                      f'{config.batchnorm_stats!r}.')
   if config.optimizer not in ('adam', 'sgd'):
     raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.")
   positive = ['num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',

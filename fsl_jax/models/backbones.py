@@ -3,14 +3,32 @@
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fsl_jax import parallel
+
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here), as in the
 # reference implementations of every method in this library.
 BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+
+# The vmap axis of the episodes in the train step (`fsl_jax.training.train`).
+EPISODES = 'episodes'
+
+
+def batch_norm(train: bool, bn_axis, **kwargs) -> nn.BatchNorm:
+  """BatchNorm whose training statistics also pool over the named axes `bn_axis`.
+
+  `bn_axis=None` normalises with the statistics of the call alone (one episode,
+  as the model is vmapped over episodes); `('episodes', 'devices')` pools them
+  over the whole meta-batch, as a PyTorch model that sees the meta-batch as one
+  batch does. Evaluation always uses the running averages.
+  """
+  return BatchNorm(use_running_average=not train, axis_name=bn_axis if train else None,
+                   **kwargs)
 
 
 class ConvBlock(nn.Module):
@@ -21,11 +39,12 @@ class ConvBlock(nn.Module):
   """
 
   features: int = 64
+  bn_axis: Any = None
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False)(x)
-    x = BatchNorm(use_running_average=not train)(x)
+    x = batch_norm(train, self.bn_axis)(x)
     x = nn.relu(x)
     return nn.max_pool(x, (2, 2), strides=(2, 2))
 
@@ -45,13 +64,14 @@ class Conv4(nn.Module):
 
   features: int = 64
   num_blocks: int = 4
+  bn_axis: Any = None  # See `batch_norm`.
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     """Maps `[batch, H, W, C]` images to `[batch, D]` embeddings."""
     x = images
     for _ in range(self.num_blocks):
-      x = ConvBlock(self.features)(x, train=train)
+      x = ConvBlock(self.features, self.bn_axis)(x, train=train)
     return x.reshape((x.shape[0], -1))
 
 
@@ -90,6 +110,7 @@ class EGNNConv4(nn.Module):
   padding: tuple[str, ...] = ('SAME', 'VALID', 'SAME', 'SAME')
   dropout: tuple[float, ...] = (0.0, 0.0, 0.4, 0.5)
   embed_dim: int = 128
+  bn_axis: Any = None  # See `batch_norm`.
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -97,7 +118,7 @@ class EGNNConv4(nn.Module):
     x = images
     for features, padding, rate in zip(self.features, self.padding, self.dropout, strict=True):
       x = nn.Conv(features, (3, 3), padding=padding, use_bias=False)(x)
-      x = BatchNorm(use_running_average=not train)(x)
+      x = batch_norm(train, self.bn_axis)(x)
       x = nn.max_pool(x, (2, 2), strides=(2, 2))
       x = nn.leaky_relu(x, 0.2)
       if train and rate:
@@ -107,7 +128,7 @@ class EGNNConv4(nn.Module):
     # that starts with BatchNorm) and metric methods are invariant to a shift of all
     # embeddings, so its gradient is zero (the multi-device test found it frozen).
     x = nn.Dense(self.embed_dim, use_bias=False)(x.reshape((x.shape[0], -1)))
-    return BatchNorm(use_running_average=not train, use_bias=False)(x)
+    return batch_norm(train, self.bn_axis, use_bias=False)(x)
 
 
 BACKBONES = {
@@ -118,6 +139,11 @@ BACKBONES = {
   # dropout, which ProtoNet-style Omniglot embeddings do not use either.
   'egnn_conv4_omniglot': functools.partial(EGNNConv4, dropout=(0.0, 0.0, 0.0, 0.0)),
 }
+
+
+def bn_axis(config):
+  """The `bn_axis` of a config's `batchnorm_stats`: 'episode' or 'meta_batch'."""
+  return None if config.batchnorm_stats == 'episode' else (EPISODES, parallel.AXIS)
 
 
 def get_backbone(name: str, **kwargs) -> nn.Module:

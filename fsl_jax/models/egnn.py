@@ -38,12 +38,14 @@ prediction is exactly that of a graph holding the supports and that query alone
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from fsl_jax.models import backbones
-from fsl_jax.models.backbones import BatchNorm, channel_dropout
+from fsl_jax.models.backbones import batch_norm, channel_dropout
 from fsl_jax.models.base import FewShotMethod, MethodOutput, register
 
 # Edge channels.
@@ -180,13 +182,14 @@ class NodeUpdate(nn.Module):
 
   features: int
   train: bool
+  bn_axis: Any = None
 
   @nn.compact
   def __call__(self, nodes, edges, dropout_rate):
     x = aggregate(nodes, edges)
     for width in (2 * self.features, self.features):
       x = nn.Dense(width, use_bias=False)(x)
-      x = BatchNorm(use_running_average=not self.train)(x)
+      x = batch_norm(self.train, self.bn_axis)(x)
       x = nn.leaky_relu(x, 0.01)
     if self.train:  # Channel dropout at the end; one mask per graph.
       x = channel_dropout(x, dropout_rate, self.make_rng('dropout'), axes=(x.ndim - 2,))
@@ -198,13 +201,14 @@ class EdgeUpdate(nn.Module):
 
   features: int
   train: bool
+  bn_axis: Any = None
 
   @nn.compact
   def __call__(self, nodes, edges, dropout_rate):
     x = jnp.abs(nodes[..., :, None, :] - nodes[..., None, :, :])  # [..., N, N, D]
     for width in (2 * self.features, 2 * self.features, self.features, self.features):
       x = nn.Dense(width, use_bias=False)(x)
-      x = BatchNorm(use_running_average=not self.train)(x)
+      x = batch_norm(self.train, self.bn_axis)(x)
       x = nn.leaky_relu(x, 0.01)
       if self.train:
         x = channel_dropout(x, dropout_rate, self.make_rng('dropout'),
@@ -230,12 +234,15 @@ class GraphLayer(nn.Module):
   node_features: int
   edge_features: int
   train: bool
+  bn_axis: Any = None
 
   @nn.compact
   def __call__(self, carry, dropout_rate):
     nodes, edges = carry
-    new_nodes = NodeUpdate(self.node_features, self.train)(nodes, edges, dropout_rate)
-    edges = EdgeUpdate(self.edge_features, self.train)(new_nodes, edges, dropout_rate)
+    new_nodes = NodeUpdate(self.node_features, self.train, self.bn_axis)(nodes, edges,
+                                                                         dropout_rate)
+    edges = EdgeUpdate(self.edge_features, self.train, self.bn_axis)(new_nodes, edges,
+                                                                     dropout_rate)
     pad = nodes.shape[-1] - self.node_features
     nodes = jnp.pad(new_nodes, [(0, 0)] * (new_nodes.ndim - 1) + [(0, pad)])
     return (nodes, edges), edges
@@ -249,12 +256,14 @@ class EdgeLabelingGNN(nn.Module):
     node_features: d of the node MLPs.
     edge_features: d of the edge MLPs.
     dropout: channel dropout in every layer but the last.
+    bn_axis: see `backbones.batch_norm`.
   """
 
   num_layers: int = 3
   node_features: int = 96
   edge_features: int = 96
   dropout: float = 0.0
+  bn_axis: Any = None
 
   @nn.compact
   def __call__(self, nodes: jax.Array, edges: jax.Array, *, train: bool) -> jax.Array:
@@ -276,7 +285,7 @@ class EdgeLabelingGNN(nn.Module):
       variable_axes={'params': 0, 'batch_stats': 0},
       split_rngs={'params': True, 'dropout': True},
       length=self.num_layers,
-    )(self.node_features, self.edge_features, train, name='layers')
+    )(self.node_features, self.edge_features, train, self.bn_axis, name='layers')
     _, edges_per_layer = layers((nodes, edges), rates)
     return edges_per_layer
 
@@ -318,9 +327,10 @@ class EGNN(FewShotMethod):
         'give one weight per layer.')
     if not 0.0 <= config.graph_dropout < 1.0:
       raise ValueError(f'graph_dropout must be in [0, 1), got {config.graph_dropout}.')
+    bn_axis = backbones.bn_axis(config)
     gnn = EdgeLabelingGNN(config.num_layers, config.node_features, config.edge_features,
-                          config.graph_dropout)
-    return cls(backbone=backbones.get_backbone(config.backbone), gnn=gnn,
+                          config.graph_dropout, bn_axis)
+    return cls(backbone=backbones.get_backbone(config.backbone, bn_axis=bn_axis), gnn=gnn,
                transductive=bool(config.transductive), edge_loss_weights=weights)
 
   @nn.compact

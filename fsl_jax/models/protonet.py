@@ -45,7 +45,8 @@ class ProtoNet(FewShotMethod):
 
   @classmethod
   def from_config(cls, config) -> ProtoNet:
-    return cls(backbone=backbones.get_backbone(config.backbone))
+    return cls(backbone=backbones.get_backbone(config.backbone,
+                                               bn_axis=backbones.bn_axis(config)))
 
   @nn.compact
   def __call__(self, support_images, support_labels, query_images, unlabeled_images=None,

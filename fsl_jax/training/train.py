@@ -32,6 +32,7 @@ from fsl_jax import parallel
 from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
 from fsl_jax.evaluation import metrics as metrics_lib
+from fsl_jax.models import backbones
 from fsl_jax.models import base as models_base
 from fsl_jax.training import checkpoint as checkpoint_lib
 from fsl_jax.training import history
@@ -154,7 +155,8 @@ def train_step(state: TrainState, inputs, *, model, source, spec, per_device: in
     return loss, ({'loss': loss, 'accuracy': accuracy, **extra}, updates['batch_stats'])
 
   def loss_fn(params):
-    losses, aux = jax.vmap(episode_loss, in_axes=(None, 0, 0))(params, episodes, keys[:, 1])
+    losses, aux = jax.vmap(episode_loss, in_axes=(None, 0, 0),
+                           axis_name=backbones.EPISODES)(params, episodes, keys[:, 1])
     return losses.mean(), aux
 
   grads, (metrics, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
