@@ -161,3 +161,23 @@ def test_history_skips_a_line_cut_short(tmp_path):
 def test_a_config_saved_before_a_field_existed_still_loads():
   config = config_lib.from_saved({'method': 'protonet', 'way': 7})
   assert config.way == 7 and config.episode_sampling == 'device' and config.backbone == 'conv4'
+
+
+def test_meta_batch_batchnorm_pools_the_episodes_of_the_vmap():
+  """bn_axis='episodes' under the train step's vmap = one batch of all episodes' images."""
+  from fsl_jax.models import backbones
+
+  rng = np.random.default_rng(0)
+  images = rng.random((3, 4, 28, 28, 1), np.float32)  # 3 episodes of 4 images.
+  pooled = backbones.Conv4(bn_axis=backbones.EPISODES)
+  single = backbones.Conv4()
+  variables = single.init(jax.random.PRNGKey(0), images[0], train=False)
+  run = lambda model, x: model.apply(variables, x, train=True, mutable=['batch_stats'])
+  vmapped, vmapped_stats = jax.vmap(lambda x: run(pooled, x), axis_name=backbones.EPISODES)(images)
+  together, together_stats = run(single, images.reshape(12, 28, 28, 1))
+  np.testing.assert_allclose(vmapped.reshape(12, -1), together, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], vmapped_stats), together_stats,
+                              rtol=1e-4, atol=1e-6)
+  # Per-episode statistics (the default) differ.
+  alone, _ = jax.vmap(lambda x: run(single, x))(images)
+  assert not np.allclose(alone.reshape(12, -1), together, atol=1e-3)
