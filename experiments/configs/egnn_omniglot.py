@@ -15,8 +15,12 @@ without dropout (`egnn_conv4_omniglot`), and no dropout in the graph layers.
       --workdir=runs/egnn_omniglot_5way1shot --config.data_dir=../shared/data
 
 Target: the node-labeling GNN of Garcia & Bruna 2018 (5-way 1-shot 99.2,
-5-way 5-shot 99.7, 20-way 1-shot 97.4, 20-way 5-shot 99.0). Measured here: see
-README.md, Results (EGNN), for the numbers, the step counts and the commands.
+5-way 5-shot 99.7, 20-way 1-shot 97.4, 20-way 5-shot 99.0); not reached yet.
+Measured here with `5way1shot --config.num_train_steps=2000
+--config.eval_every=500` (2% of the schedule; `experiments/reproduce_egnn.sh`),
+1000 test episodes, transductive: 5-way 1-shot 97.94 +- 0.43 (1 query per
+class) and 96.16 +- 0.29 (15 per class). The other settings, the
+non-transductive numbers and the commands are in README.md, Results: EGNN.
 """
 
 import re
