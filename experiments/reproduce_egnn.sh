@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # EGNN on Omniglot, as measured for README.md (Results: EGNN): train 5-way 1-shot
 # transductive EGNN for 2000 steps (validating every 500), then test the best
-# validation checkpoint on
-# 1000 fixed episodes per setting: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot,
+# validation checkpoint on 1000 fixed episodes per setting: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot,
 # transductive with 15 and with 1 query per class, and non-transductive.
 #
 #   bash experiments/reproduce_egnn.sh [extra --config.FIELD=VALUE flags]

@@ -29,11 +29,12 @@ Kept from the reference: no bias before BatchNorm, LeakyReLU 0.01 in the graph
 layers, channel dropout, the +1e-6 before the final channel normalisation, and
 the loss normalisation `mean_l(w_l * loss_l)`.
 
-BatchNorm in the graph layers, as in the reference, normalises over all nodes
-(node MLP) or all node pairs (edge MLP) of the episode's graphs in training, and
-uses running averages in evaluation. So in evaluation a non-transductive
-prediction is exactly that of a graph holding the supports and that query alone
-(`tests/test_egnn.py` checks it).
+BatchNorm in the graph layers normalises over all nodes (node MLP) or all node
+pairs (edge MLP) of the episode's graphs in training (with
+`batchnorm_stats='meta_batch'`, as in the reference and the Omniglot configs,
+of all the step's episodes), and uses running averages in evaluation. So in
+evaluation a non-transductive prediction is exactly that of a graph holding the
+supports and that query alone (`tests/test_egnn.py` checks it).
 """
 
 from __future__ import annotations
