@@ -16,19 +16,20 @@ def test_max_pool_2x2_equals_flax_max_pool(shape):
   flat = x.reshape((-1, *shape[-3:]))
   expected = nn.max_pool(flat, (2, 2), strides=(2, 2)).reshape(
     (*shape[:-3], shape[-3] // 2, shape[-2] // 2, shape[-1]))
-  np.testing.assert_array_equal(backbones.max_pool_2x2(x), expected)
-  # Without ties the gradient goes to each window's maximum, as select-and-scatter's does.
   weights = jax.random.normal(jax.random.PRNGKey(1), expected.shape)
-  grad = jax.grad(lambda x: (backbones.max_pool_2x2(x) * weights).sum())(x)
   flax_grad = jax.grad(
     lambda x: (nn.max_pool(x, (2, 2), strides=(2, 2)) * weights.reshape(
       (-1, *expected.shape[-3:]))).sum())(flat)
-  np.testing.assert_array_equal(grad, flax_grad.reshape(shape))
+  for train in (True, False):
+    np.testing.assert_array_equal(backbones.max_pool_2x2(x, train=train), expected)
+    # Without ties the gradient goes to each window's maximum, as select-and-scatter's does.
+    grad = jax.grad(lambda x: (backbones.max_pool_2x2(x, train=train) * weights).sum())(x)
+    np.testing.assert_array_equal(grad, flax_grad.reshape(shape))
 
 
 def test_max_pool_2x2_by_hand_with_a_tie():
   x = jnp.array([[1., 3.], [3., 2.]]).reshape(1, 2, 2, 1)
-  assert backbones.max_pool_2x2(x).item() == 3.
-  grad = jax.grad(lambda x: backbones.max_pool_2x2(x).sum())(x)
+  assert backbones.max_pool_2x2(x, train=True).item() == 3.
+  grad = jax.grad(lambda x: backbones.max_pool_2x2(x, train=True).sum())(x)
   # The two tied maxima share the gradient.
   np.testing.assert_array_equal(grad.reshape(2, 2), [[0., 0.5], [0.5, 0.]])
