@@ -23,7 +23,9 @@ def test_max_pool_2x2_equals_flax_max_pool(shape):
   for train in (True, False):
     np.testing.assert_array_equal(backbones.max_pool_2x2(x, train=train), expected)
     # Without ties the gradient goes to each window's maximum, as select-and-scatter's does.
-    grad = jax.grad(lambda x: (backbones.max_pool_2x2(x, train=train) * weights).sum())(x)
+    def loss(x, train=train):
+      return (backbones.max_pool_2x2(x, train=train) * weights).sum()
+    grad = jax.grad(loss)(x)
     np.testing.assert_array_equal(grad, flax_grad.reshape(shape))
 
 
