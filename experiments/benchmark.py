@@ -18,6 +18,8 @@ config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True
 flags.DEFINE_list('synthetic_shape', None, 'H,W,C of random images instead of the dataset.')
 flags.DEFINE_integer('train_steps', 20, 'Timed train steps.')
 flags.DEFINE_integer('eval_calls', 5, 'Timed evaluation calls.')
+flags.DEFINE_bool('compile_only', False,
+                  "Only compile the train step and report XLA's memory for it.")
 flags.mark_flag_as_required('config')
 
 
@@ -30,7 +32,8 @@ def main(argv):
   shape = tuple(int(x) for x in FLAGS.synthetic_shape) if FLAGS.synthetic_shape else None
   with common.user_errors():
     result = benchmark.benchmark(FLAGS.config, train_steps=FLAGS.train_steps,
-                                 eval_calls=FLAGS.eval_calls, synthetic_shape=shape)
+                                 eval_calls=FLAGS.eval_calls, synthetic_shape=shape,
+                                 compile_only=FLAGS.compile_only)
   print(json.dumps(result, indent=1))
 
 

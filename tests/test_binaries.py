@@ -54,7 +54,10 @@ def test_benchmark_prints_json():
             '--synthetic_shape=28,28,1')
   result = json.loads(out.stdout[out.stdout.index('{'):])
   assert result['train_episodes_per_s'] > 0 and result['eval_episodes_per_s'] > 0
-  assert result['devices'] == 4
+  assert result['devices'] == 4 and result['train_step_temp_bytes'] > 0
+  out = run('benchmark', *TINY, '--compile_only', '--synthetic_shape=28,28,1')
+  result = json.loads(out.stdout[out.stdout.index('{'):])
+  assert result['train_step_temp_bytes'] > 0 and 'train_step_s' not in result
 
 
 @pytest.mark.slow

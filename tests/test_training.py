@@ -11,6 +11,7 @@ import pytest
 from helpers import tiny_config, trained_state
 
 from fsl_jax import config as config_lib
+from fsl_jax.models import backbones
 from fsl_jax.training import train
 
 SHORT = dict(num_train_steps=4, eval_every=0, eval_episodes=8, checkpoint_every=2, log_every=1)
@@ -165,8 +166,6 @@ def test_a_config_saved_before_a_field_existed_still_loads():
 
 def test_meta_batch_batchnorm_pools_the_episodes_of_the_vmap():
   """bn_axis='episodes' under the train step's vmap = one batch of all episodes' images."""
-  from fsl_jax.models import backbones
-
   rng = np.random.default_rng(0)
   images = rng.random((3, 4, 28, 28, 1), np.float32)  # 3 episodes of 4 images.
   pooled = backbones.Conv4(bn_axis=backbones.EPISODES)

@@ -37,9 +37,10 @@ def max_pool_2x2(x: jax.Array, *, train: bool) -> jax.Array:
   In training it is a reshape and a max, whose gradient is an elementwise mask:
   XLA on CPU expands the gradient of a strided `reduce_window` (select-and-scatter)
   into a scatter with an int32 index per activation, which made the 84x84 EGNN
-  train step at meta-batch 40 ask for 31 GB of temporaries (13.6 GB with this)
-  and the Omniglot EGNN and ProtoNet steps 1.7-1.8x slower. In evaluation it is
-  `reduce_window`, whose forward pass is faster on CPU (ProtoNet evaluation 1.3x).
+  train step at meta-batch 40 ask for 31 GB (13.6 GB of temporaries with this)
+  and the Omniglot EGNN and ProtoNet steps 1.6-1.8x slower (README, Benchmark).
+  In evaluation it is `reduce_window`, whose forward pass is faster on CPU
+  (ProtoNet evaluation about 1.25x).
   Both give the same values; at a tie within a window the training gradient is
   shared among the tied inputs instead of going to the first one.
   """

@@ -34,7 +34,8 @@ def _time(fn, repeats: int) -> float:
 
 
 def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
-              synthetic_shape: tuple[int, ...] | None = None) -> dict:
+              synthetic_shape: tuple[int, ...] | None = None,
+              compile_only: bool = False) -> dict:
   """Measures compile time, train and eval episodes per second, and peak memory.
 
   Args:
@@ -43,6 +44,9 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
     eval_calls: timed evaluation calls of `eval_batch_size` episodes per device.
     synthetic_shape: `(H, W, C)` to benchmark on random images instead of the
       config's dataset.
+    compile_only: only compile the train step and report XLA's memory for it
+      (`train_step_temp_bytes`: its temporaries per device), without running
+      anything; for a shape that may not fit.
 
   Returns:
     A JSON-able dict of measurements.
@@ -72,14 +76,29 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
                                     per_device=per_device),
                   axis_name=train.AXIS, donate_argnums=(0,), devices=devices)
   holder = {'state': parallel.replicate(state, devices)}
+  start = time.perf_counter()
+  compiled = step.lower(holder['state'], source.step_inputs()).compile()
+  compile_time = time.perf_counter() - start
+  memory = compiled.memory_analysis()
+  shapes = {
+    'method': config.method, 'dataset': 'synthetic' if synthetic_shape else config.dataset,
+    'image_shape': list(train_data.image_shape),
+    'train_episode': f'{spec.way}-way {spec.shot}-shot {spec.query}-query '
+                     f'+{spec.unlabeled_shot} unlabeled',
+    'eval_episode': f'{test_spec.way}-way {test_spec.shot}-shot {test_spec.query}-query',
+    'meta_batch_size': config.meta_batch_size,
+    'devices': len(devices), 'platform': devices[0].platform,
+    'device_kind': devices[0].device_kind, 'jax_version': jax.__version__,
+    'train_step_temp_bytes': memory.temp_size_in_bytes if memory else None,
+  }
+  if compile_only:
+    return shapes
 
   def run_step():
-    holder['state'], metrics = step(holder['state'], source.step_inputs())
+    holder['state'], metrics = compiled(holder['state'], source.step_inputs())
     return metrics
 
-  start = time.perf_counter()
-  jax.block_until_ready(run_step())
-  first_step = time.perf_counter() - start
+  jax.block_until_ready(run_step())  # Untimed: first-run allocations.
   step_time = _time(run_step, train_steps)
 
   per_call = config.eval_batch_size * len(devices)
@@ -93,15 +112,8 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
 
   stats = devices[0].memory_stats() or {}
   return {
-    'method': config.method, 'dataset': 'synthetic' if synthetic_shape else config.dataset,
-    'image_shape': list(train_data.image_shape),
-    'train_episode': f'{spec.way}-way {spec.shot}-shot {spec.query}-query '
-                     f'+{spec.unlabeled_shot} unlabeled',
-    'eval_episode': f'{test_spec.way}-way {test_spec.shot}-shot {test_spec.query}-query',
-    'meta_batch_size': config.meta_batch_size,
-    'devices': len(devices), 'platform': devices[0].platform,
-    'device_kind': devices[0].device_kind, 'jax_version': jax.__version__,
-    'train_compile_s': round(first_step - step_time, 3),
+    **shapes,
+    'train_compile_s': round(compile_time, 3),
     'train_step_s': round(step_time, 5),
     'train_episodes_per_s': round(config.meta_batch_size / step_time, 2),
     'eval_compile_s': round(first_eval - eval_time, 3),
