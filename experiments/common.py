@@ -8,6 +8,8 @@ import sys
 import jax
 from absl import logging
 
+import fsl_jax  # noqa: F401  (sets the XLA flags before any backend starts)
+
 
 class _QuietLibraries(std_logging.Filter):
   """Drops INFO lines of Orbax (several per checkpoint); warnings still show."""
@@ -26,8 +28,8 @@ def setup() -> None:
     tf.config.set_visible_devices([], 'GPU')
   except ImportError:
     pass
-  logging.info('JAX %s, %d local devices: %s', jax.__version__, jax.local_device_count(),
-               jax.local_devices())
+  logging.info('JAX %s, %d local devices: %s; XLA_FLAGS=%r', jax.__version__,
+               jax.local_device_count(), jax.local_devices(), os.environ.get('XLA_FLAGS', ''))
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/env.sh
-export XLA_FLAGS="${XLA_FLAGS:---xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1}"
 TRANS_STEPS="${TRANS_STEPS:-4500}"
 NONTRANS_STEPS="${NONTRANS_STEPS:-3000}"
 PY=.venv/bin/python

@@ -12,6 +12,7 @@ import difflib
 
 import ml_collections
 
+from fsl_jax.models import backbones
 from fsl_jax.models import base as models_base
 
 
@@ -45,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics in training: 'episode' (each episode its own) or
   # 'meta_batch' (pooled over all episodes of the step, on all devices).
   c.batchnorm_stats = 'episode'
+  # The backbone's compute dtype: 'float32' or 'bfloat16' (parameters, BatchNorm
+  # statistics, and everything after the embedding stay float32).
+  c.compute_dtype = 'float32'
 
   # Validation and test episodes (validation uses the test shape).
   c.test_way = 5
@@ -153,6 +157,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if config.batchnorm_stats not in ('episode', 'meta_batch'):
     raise ConfigError("batchnorm_stats must be 'episode' or 'meta_batch', got "
                       f'{config.batchnorm_stats!r}.')
+  if config.compute_dtype not in backbones.COMPUTE_DTYPES:
+    raise ConfigError("compute_dtype must be 'float32' or 'bfloat16', got "
+                      f'{config.compute_dtype!r}.')
   if config.optimizer not in ('adam', 'sgd'):
     raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.")
   positive = ['num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',

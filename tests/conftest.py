@@ -5,9 +5,12 @@ import pathlib
 import tempfile
 
 # Before JAX is imported anywhere: four host devices, so multi-device code runs on
-# a CPU. Tests that need one device pass `num_devices=1`.
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=4').strip()
+# a CPU. Tests that need one device pass `num_devices=1`. The flag goes first: XLA
+# stops parsing XLA_FLAGS at a token that does not start with '--', so a flag
+# appended after such a token would be ignored silently (`test_xla_flags.py`
+# asserts the device count).
+os.environ['XLA_FLAGS'] = ('--xla_force_host_platform_device_count=4 ' +
+                           os.environ.get('XLA_FLAGS', '')).strip()
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 import pytest  # noqa: E402

@@ -10,16 +10,18 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax import parallel
+from fsl_jax.models import batchnorm
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here), as in the
-# reference implementations of every method in this library.
-BatchNorm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5)
+# reference implementations of every method in this library. `batchnorm.BatchNorm`
+# is `nn.BatchNorm` with a backward pass that is fast on XLA's CPU backend.
+BatchNorm = functools.partial(batchnorm.BatchNorm, momentum=0.9, epsilon=1e-5)
 
 # The vmap axis of the episodes in the train step (`fsl_jax.training.train`).
 EPISODES = 'episodes'
 
 
-def batch_norm(train: bool, bn_axis, **kwargs) -> nn.BatchNorm:
+def batch_norm(train: bool, bn_axis, **kwargs) -> batchnorm.BatchNorm:
   """BatchNorm whose training statistics also pool over the named axes `bn_axis`.
 
   `bn_axis=None` normalises with the statistics of the call alone (one episode,
@@ -31,43 +33,24 @@ def batch_norm(train: bool, bn_axis, **kwargs) -> nn.BatchNorm:
                    **kwargs)
 
 
-def max_pool_2x2(x: jax.Array, *, train: bool) -> jax.Array:
-  """2x2 max-pool with stride 2 and 'VALID' padding over the axes -3 and -2.
-
-  In training it is a reshape and a max, whose gradient is an elementwise mask:
-  XLA on CPU expands the gradient of a strided `reduce_window` (select-and-scatter)
-  into a scatter with an int32 index per activation, which made the 84x84 EGNN
-  train step at meta-batch 40 ask for 31 GB (13.6 GB of temporaries with this)
-  and the Omniglot EGNN and ProtoNet steps 1.6-1.8x slower (README, Benchmark).
-  In evaluation it is `reduce_window`, whose forward pass is faster on CPU
-  (ProtoNet evaluation about 1.25x).
-  Both give the same values; at a tie within a window the training gradient is
-  shared among the tied inputs instead of going to the first one.
-  """
-  if not train:
-    window = (1,) * (x.ndim - 3) + (2, 2, 1)
-    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, window, window, 'VALID')
-  *batch, h, w, c = x.shape
-  x = x[..., : h // 2 * 2, : w // 2 * 2, :]
-  return x.reshape(*batch, h // 2, 2, w // 2, 2, c).max(axis=(-4, -2))
-
-
 class ConvBlock(nn.Module):
   """3x3 conv, BatchNorm, ReLU, 2x2 max-pool.
 
   The conv has no bias: BatchNorm removes it, so its true gradient is zero and
   Adam would only turn float noise in that gradient into full-size steps.
+  ReLU and the max-pool commute (ReLU is monotone), so the pool runs first, fused
+  with the BatchNorm (`batchnorm.normalize_max_pool`), and ReLU on the pooled map.
   """
 
   features: int = 64
   bn_axis: Any = None
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False)(x)
-    x = batch_norm(train, self.bn_axis)(x)
-    x = nn.relu(x)
-    return max_pool_2x2(x, train=train)
+    x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype)(x)
+    x = batch_norm(train, self.bn_axis, max_pool=True)(x)
+    return nn.relu(x)
 
 
 class Conv4(nn.Module):
@@ -86,14 +69,15 @@ class Conv4(nn.Module):
   features: int = 64
   num_blocks: int = 4
   bn_axis: Any = None  # See `batch_norm`.
+  dtype: Any = jnp.float32  # Compute dtype; see `compute_dtype`.
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    """Maps `[batch, H, W, C]` images to `[batch, D]` embeddings."""
-    x = images
+    """Maps `[batch, H, W, C]` images to `[batch, D]` float32 embeddings."""
+    x = images.astype(self.dtype)
     for _ in range(self.num_blocks):
-      x = ConvBlock(self.features, self.bn_axis)(x, train=train)
-    return x.reshape((x.shape[0], -1))
+      x = ConvBlock(self.features, self.bn_axis, self.dtype)(x, train=train)
+    return x.reshape((x.shape[0], -1)).astype(jnp.float32)
 
 
 def channel_dropout(x: jax.Array, rate, rng: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -132,15 +116,15 @@ class EGNNConv4(nn.Module):
   dropout: tuple[float, ...] = (0.0, 0.0, 0.4, 0.5)
   embed_dim: int = 128
   bn_axis: Any = None  # See `batch_norm`.
+  dtype: Any = jnp.float32  # Compute dtype; see `compute_dtype`.
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
-    """Maps `[batch, H, W, C]` images to `[batch, embed_dim]` embeddings."""
-    x = images
+    """Maps `[batch, H, W, C]` images to `[batch, embed_dim]` float32 embeddings."""
+    x = images.astype(self.dtype)
     for features, padding, rate in zip(self.features, self.padding, self.dropout, strict=True):
-      x = nn.Conv(features, (3, 3), padding=padding, use_bias=False)(x)
-      x = batch_norm(train, self.bn_axis)(x)
-      x = max_pool_2x2(x, train=train)
+      x = nn.Conv(features, (3, 3), padding=padding, use_bias=False, dtype=self.dtype)(x)
+      x = batch_norm(train, self.bn_axis, max_pool=True)(x)  # BatchNorm, then the max-pool.
       x = nn.leaky_relu(x, 0.2)
       if train and rate:
         x = channel_dropout(x, rate, self.make_rng('dropout'), axes=(1, 2))
@@ -148,8 +132,8 @@ class EGNNConv4(nn.Module):
     # and no shift in the last BatchNorm: EGNN's graph (|v_i - v_j| and a node MLP
     # that starts with BatchNorm) and metric methods are invariant to a shift of all
     # embeddings, so its gradient is zero (the multi-device test found it frozen).
-    x = nn.Dense(self.embed_dim, use_bias=False)(x.reshape((x.shape[0], -1)))
-    return batch_norm(train, self.bn_axis, use_bias=False)(x)
+    x = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)(x.reshape((x.shape[0], -1)))
+    return batch_norm(train, self.bn_axis, use_bias=False)(x).astype(jnp.float32)
 
 
 BACKBONES = {
@@ -167,10 +151,29 @@ def bn_axis(config):
   return None if config.batchnorm_stats == 'episode' else (EPISODES, parallel.AXIS)
 
 
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
+def compute_dtype(config):
+  """The dtype of a config's `compute_dtype` ('float32' or 'bfloat16').
+
+  With 'bfloat16' the backbones compute their convolutions, matrix products and
+  activations in bfloat16. Parameters, BatchNorm statistics and the running
+  averages stay float32, and the embeddings are returned as float32, so that
+  everything after the backbone (distances, EGNN's graph, the loss) is float32.
+  """
+  return COMPUTE_DTYPES[config.compute_dtype]  # Checked by `fsl_jax.config.validate`.
+
+
 def get_backbone(name: str, **kwargs) -> nn.Module:
   if name not in BACKBONES:
     raise ValueError(f'Unknown backbone {name!r}; known backbones: {sorted(BACKBONES)}.')
   return BACKBONES[name](**kwargs)
+
+
+def from_config(config) -> nn.Module:
+  """The backbone a config names, with its BatchNorm pooling and compute dtype."""
+  return get_backbone(config.backbone, bn_axis=bn_axis(config), dtype=compute_dtype(config))
 
 
 def embed_episode(backbone: nn.Module, *image_sets: jax.Array, train: bool) -> list[jax.Array]:

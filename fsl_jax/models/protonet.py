@@ -45,8 +45,7 @@ class ProtoNet(FewShotMethod):
 
   @classmethod
   def from_config(cls, config) -> ProtoNet:
-    return cls(backbone=backbones.get_backbone(config.backbone,
-                                               bn_axis=backbones.bn_axis(config)))
+    return cls(backbone=backbones.from_config(config))
 
   @nn.compact
   def __call__(self, support_images, support_labels, query_images, unlabeled_images=None,

@@ -1,0 +1,128 @@
+"""The fast BatchNorm against flax's and against the formula, values and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fsl_jax.models import batchnorm
+
+
+def _inputs(shape, seed=0):
+  k = jax.random.split(jax.random.PRNGKey(seed), 4)
+  x = jax.random.normal(k[0], shape) * 2.0 + 5.0  # A large mean, as after a ReLU.
+  c = shape[-1]
+  return x, jax.random.normal(k[1], (c,)), jax.random.normal(k[2], (c,)), jax.random.normal(
+    k[3], shape)
+
+
+def test_normalize_by_hand():
+  # One channel, values 1, 2, 3, 6: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5.
+  x = jnp.array([1., 2., 3., 6.]).reshape(2, 2, 1)
+  y, mean, var = batchnorm.normalize(x, jnp.array([2.]), jnp.array([1.]), None, 0.0)
+  assert float(mean[0]) == pytest.approx(3.0)
+  assert float(var[0]) == pytest.approx(3.5)
+  expected = 2.0 * (np.array([1., 2., 3., 6.]) - 3.0) / np.sqrt(3.5) + 1.0
+  np.testing.assert_allclose(np.asarray(y).ravel(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(6, 5, 5, 4), (3, 7, 8), (40, 16)])
+def test_normalize_and_its_gradients_match_the_formula_in_float64(shape):
+  x, scale, bias, g = _inputs(shape)
+
+  def formula(x, scale, bias):
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axes)
+    var = ((x - mean) ** 2).mean(axes)
+    return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
+
+  as64 = lambda t: np.asarray(t, np.float64)
+  y64, vjp64 = jax.vjp(lambda *a: formula(*a), *(jnp.asarray(as64(t)) for t in (x, scale, bias)))
+  grads64 = vjp64(jnp.asarray(as64(g)))
+  y, vjp = jax.vjp(lambda x, s, b: batchnorm.normalize(x, s, b, None, 1e-5)[0], x, scale, bias)
+  for got, want in zip((y, *vjp(g)), (y64, *grads64), strict=True):
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-5 * float(jnp.abs(want).max()))
+
+
+def test_module_equals_flax_batchnorm_in_training_and_evaluation():
+  x, _, _, g = _inputs((4, 6, 6, 3))
+  ours = batchnorm.BatchNorm(momentum=0.9, epsilon=1e-5)
+  flax_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False)
+  variables = flax_bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  variables = jax.tree.map(lambda v: v + 0.3, variables)  # Non-trivial scale, bias, averages.
+  assert jax.tree.structure(ours.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(variables)
+
+  def loss(module, params, use_running_average):
+    def f(params):
+      kwargs = {} if module is flax_bn else {}
+      out, updates = module.clone(use_running_average=use_running_average).apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x, mutable=['batch_stats'],
+        **kwargs)
+      return jnp.sum(out * g), (out, updates)
+    return jax.grad(f, has_aux=True)(params)
+
+  for train in (True, False):
+    (g1, (y1, u1)), (g2, (y2, u2)) = (loss(m, variables['params'], not train)
+                                      for m in (ours, flax_bn))
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+    for a, b in zip(jax.tree.leaves((g1, u1)), jax.tree.leaves((g2, u2)), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_statistics_pool_over_a_named_vmap_axis():
+  # BatchNorm under vmap with axis_name equals one call on all the examples.
+  x, scale, bias, g = _inputs((3, 5, 4))
+
+  def pooled(x, scale, bias):
+    return jax.vmap(lambda e: batchnorm.normalize(e, scale, bias, 'e', 1e-5)[0],
+                    axis_name='e')(x)
+
+  def single(x, scale, bias):
+    return batchnorm.normalize(x.reshape(15, 4), scale, bias, None, 1e-5)[0].reshape(3, 5, 4)
+
+  y1, vjp1 = jax.vjp(pooled, x, scale, bias)
+  y2, vjp2 = jax.vjp(single, x, scale, bias)
+  np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+  for a, b in zip(vjp1(g), vjp2(g), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_bfloat16_inputs_keep_float32_statistics():
+  x, scale, bias, _ = _inputs((8, 4, 4, 3))
+  y, mean, var = batchnorm.normalize(x.astype(jnp.bfloat16), scale, bias, None, 1e-5)
+  assert y.dtype == jnp.bfloat16 and mean.dtype == var.dtype == jnp.float32
+  y32 = batchnorm.normalize(x, scale, bias, None, 1e-5)[0]
+  np.testing.assert_allclose(np.asarray(y, np.float32), y32, atol=0.05 * float(jnp.abs(y32).max()))
+
+
+def test_initialisation_leaves_the_running_averages_alone():
+  x, _, _, _ = _inputs((4, 3))
+  variables = batchnorm.BatchNorm().init(jax.random.PRNGKey(0), x)
+  np.testing.assert_array_equal(variables['batch_stats']['mean'], np.zeros(3))
+  np.testing.assert_array_equal(variables['batch_stats']['var'], np.ones(3))
+
+
+def test_parameter_gradients_over_devices_add_up_to_the_single_call_gradient():
+  # Under pmap each device returns its own share of the parameters' gradient (the
+  # train step averages them); only the input gradient uses the pooled sums.
+  devices = jax.local_devices()[:4]
+  x, scale, bias, g = _inputs((len(devices), 6, 3, 3, 2))
+
+  def local(scale, bias, x, g):
+    y = batchnorm.normalize_max_pool(x, scale, bias, 'd', 1e-5)[0]
+    return jnp.sum(y * g)
+
+  per_device = jax.pmap(jax.grad(local, argnums=(0, 1, 2)), axis_name='d',
+                        in_axes=(None, None, 0, 0), devices=devices)
+  pooled_grads = per_device(scale, bias, x, g[..., :1, :1, :])
+
+  def single(scale, bias, x):
+    merged = x.reshape(-1, *x.shape[2:])
+    y = batchnorm.normalize_max_pool(merged, scale, bias, None, 1e-5)[0]
+    return jnp.sum(y * g[..., :1, :1, :].reshape(-1, 1, 1, 2))
+
+  want = jax.grad(single, argnums=(0, 1, 2))(scale, bias, x)
+  np.testing.assert_allclose(pooled_grads[0].sum(0), want[0], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(pooled_grads[1].sum(0), want[1], rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(pooled_grads[2], want[2], rtol=1e-4, atol=1e-4)
