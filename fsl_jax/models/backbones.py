@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax import parallel
-from fsl_jax.models import batchnorm
+from fsl_jax.models import batchnorm, linear
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here), as in the
 # reference implementations of every method in this library. `batchnorm.BatchNorm`
@@ -132,7 +132,7 @@ class EGNNConv4(nn.Module):
     # and no shift in the last BatchNorm: EGNN's graph (|v_i - v_j| and a node MLP
     # that starts with BatchNorm) and metric methods are invariant to a shift of all
     # embeddings, so its gradient is zero (the multi-device test found it frozen).
-    x = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)(x.reshape((x.shape[0], -1)))
+    x = linear.Dense(self.embed_dim, use_bias=False, dtype=self.dtype)(x.reshape((x.shape[0], -1)))
     return batch_norm(train, self.bn_axis, use_bias=False)(x).astype(jnp.float32)
 
 

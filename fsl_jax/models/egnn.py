@@ -48,6 +48,7 @@ import jax.numpy as jnp
 from fsl_jax.models import backbones
 from fsl_jax.models.backbones import batch_norm, channel_dropout
 from fsl_jax.models.base import FewShotMethod, MethodOutput, register
+from fsl_jax.models.linear import Dense
 
 # Edge channels.
 SAME, DIFF = 0, 1
@@ -189,7 +190,7 @@ class NodeUpdate(nn.Module):
   def __call__(self, nodes, edges, dropout_rate):
     x = aggregate(nodes, edges)
     for width in (2 * self.features, self.features):
-      x = nn.Dense(width, use_bias=False)(x)
+      x = Dense(width, use_bias=False)(x)
       x = batch_norm(self.train, self.bn_axis)(x)
       x = nn.leaky_relu(x, 0.01)
     if self.train:  # Channel dropout at the end; one mask per graph.
@@ -208,13 +209,13 @@ class EdgeUpdate(nn.Module):
   def __call__(self, nodes, edges, dropout_rate):
     x = jnp.abs(nodes[..., :, None, :] - nodes[..., None, :, :])  # [..., N, N, D]
     for width in (2 * self.features, 2 * self.features, self.features, self.features):
-      x = nn.Dense(width, use_bias=False)(x)
+      x = Dense(width, use_bias=False)(x)
       x = batch_norm(self.train, self.bn_axis)(x)
       x = nn.leaky_relu(x, 0.01)
       if self.train:
         x = channel_dropout(x, dropout_rate, self.make_rng('dropout'),
                             axes=(x.ndim - 3, x.ndim - 2))
-    similarity = nn.sigmoid(nn.Dense(1)(x)[..., 0])
+    similarity = nn.sigmoid(Dense(1)(x)[..., 0])
     return update_edges(similarity, edges)
 
 
