@@ -7,7 +7,7 @@ nothing else on the machine; compare lines of one run, not across runs.
     python experiments/microbench.py                     # every case
     python experiments/microbench.py --cases=batchnorm,graph_profile
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=conv python experiments/microbench.py \
-      --cases=conv_stack                                 # another XLA path
+      --cases=conv_stack,batchnorm      # convolutions through YNNPACK again
 
 Cases:
   conv_stack    EGNN's four 3x3 convolutions (no normalisation) on `--images`
@@ -17,6 +17,11 @@ Cases:
                 `nn.BatchNorm`, with `batchnorm.BatchNorm` unfused (then a
                 reshape max-pool) and fused with the max-pool (as shipped), and
                 with no normalisation (a lower bound).
+  matmul        A [16384, 576] x [576, 96] product (EGNN's second convolution as
+                im2col, 1/100 of a meta-batch) in float32 and bfloat16, float32
+                accumulation; run it under different XLA_FLAGS, e.g.
+                `--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true`
+                (oneDNN, which uses AMX on CPUs that have it).
   graph_profile The 3 EGNN graph layers on `--graphs` non-transductive graphs of
                 26 nodes (5-way 5-shot, 1 query), forward+backward, with XLA's
                 ten most expensive operations from a profiler trace.
@@ -29,6 +34,7 @@ import functools
 import glob
 import gzip
 import json
+import os
 import re
 import tempfile
 import time
@@ -42,7 +48,8 @@ import fsl_jax  # noqa: F401  (the project's XLA flags, before JAX starts a back
 from fsl_jax.models import backbones, batchnorm, egnn
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('cases', ['conv_stack', 'batchnorm', 'graph_profile'], 'Cases to run.')
+flags.DEFINE_list('cases', ['matmul', 'conv_stack', 'batchnorm', 'graph_profile'],
+                  'Cases to run.')
 flags.DEFINE_integer('images', 150, 'Images per pass (a meta-batch of 40 episodes: 1200).')
 flags.DEFINE_integer('graphs', 100, 'Graphs per pass (meta-batch 40 non-transductive: 200).')
 flags.DEFINE_integer('repeats', 3, 'Timed calls per case.')
@@ -72,6 +79,17 @@ def conv_im2col(x, w, padding):
   h, wd = x.shape[1] - 2, x.shape[2] - 2
   patches = jnp.concatenate([x[:, i:i + h, j:j + wd] for i in range(3) for j in range(3)], -1)
   return jnp.dot(patches, w.reshape(-1, w.shape[-1]))
+
+
+def matmul():
+  key = jax.random.PRNGKey(0)
+  for dtype in (jnp.float32, jnp.bfloat16):
+    a = jax.random.normal(key, (16384, 576), dtype)
+    b = jax.random.normal(key, (576, 96), dtype)
+    seconds = timed(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32), a, b)
+    gflops = 2 * 16384 * 576 * 96 / seconds / 1e9
+    print(f'matmul {jnp.dtype(dtype).name:8s} {seconds * 1e3:.2f} ms {gflops:.0f} GFLOP/s',
+          flush=True)
 
 
 def conv_stack():
@@ -166,6 +184,7 @@ def graph_profile():
   grad = jax.jit(jax.grad(loss))
   print(f'graph_profile forward+backward {timed(grad, variables["params"], nodes):.3f} s',
         flush=True)
+  jax.block_until_ready(grad(variables['params'], nodes))  # Compiled outside the trace.
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
     jax.block_until_ready(grad(variables['params'], nodes))
@@ -174,13 +193,14 @@ def graph_profile():
     events = json.load(gzip.open(path))['traceEvents']
   total = collections.Counter()
   for event in events:
-    if event.get('ph') == 'X' and not event['name'].startswith(('$', 'Thunk', 'Pjit')):
+    if event.get('ph') == 'X' and not event['name'].startswith(('$', 'Thunk', 'Pjit', 'Task')):
       total[re.sub(r'\.\d+$', '', event['name'])] += event.get('dur', 0)
   for name, micros in total.most_common(10):
     print(f'graph_profile   {micros / 1e3:8.1f} ms  {name}')
 
 
-CASES = {'conv_stack': conv_stack, 'batchnorm': batchnorm_case, 'graph_profile': graph_profile}
+CASES = {'matmul': matmul, 'conv_stack': conv_stack, 'batchnorm': batchnorm_case,
+         'graph_profile': graph_profile}
 
 
 def main(argv):
@@ -188,7 +208,8 @@ def main(argv):
   for case in FLAGS.cases:
     if case not in CASES:
       raise app.UsageError(f'Unknown case {case!r}; known: {", ".join(CASES)}.')
-  print(f'JAX {jax.__version__}, {FLAGS.images} images, {FLAGS.graphs} graphs')
+  print(f'JAX {jax.__version__}, {FLAGS.images} images, {FLAGS.graphs} graphs, '
+        f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}')
   for case in FLAGS.cases:
     CASES[case]()
 

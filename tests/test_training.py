@@ -105,7 +105,8 @@ def test_results_json_fields(tmp_path):
   with open(tmp_path / 'results.json') as f:
     results = json.load(f)
   for field in ('method', 'dataset', 'way', 'shot', 'query', 'test_accuracy', 'test_ci95',
-                'test_episodes', 'steps', 'seed', 'wall_time_s', 'jax_version', 'devices'):
+                'test_episodes', 'steps', 'seed', 'wall_time_s', 'jax_version', 'devices',
+                'compute_dtype'):
     assert field in results, field
   assert results['test_episodes'] == 8 and results['devices'] == 2
   assert 0 <= results['test_accuracy'] <= 1 and 0 < results['test_ci95'] < 1
@@ -121,6 +122,7 @@ def test_results_json_fields(tmp_path):
   ({'val_episodes': 0}, 'val_episodes must be at least 1'),
   ({'meta_batch_size': 0}, 'meta_batch_size must be at least 1'),
   ({'val_split': 'test'}, "val_split='test' is also the train or test split"),
+  ({'compute_dtype': 'float16'}, "compute_dtype must be 'float32' or 'bfloat16'"),
 ])
 def test_bad_configs_are_clear_errors(overrides, message):
   config = tiny_config()

@@ -403,6 +403,7 @@ def results_dict(config, summary: metrics_lib.AccuracySummary, **extra) -> dict:
     'test_episodes': summary.episodes, 'steps': config.num_train_steps, 'seed': config.seed,
     'eval_seed': config.eval_seed,
     'method_config': {k: config[k] for k in config_lib.method_defaults(config.method)},
+    'compute_dtype': config.compute_dtype,
     'jax_version': jax.__version__,
     'platform': jax.devices()[0].platform, **extra,
   }
