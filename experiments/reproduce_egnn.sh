@@ -13,10 +13,10 @@
 #
 # The learning-rate schedule does not depend on num_train_steps, so a run to N
 # steps is the first N steps of the 100k-step reference schedule. Data:
-# $FSL_JAX_DATA_DIR (default: ../shared/data). At the default steps, about 1.5
-# hours of training in all on a 2-core CPU (0.69 s a step alone, plus
-# validation), plus about an hour of evaluation (the 20-way 15-query ones take
-# about 10 minutes each).
+# $FSL_JAX_DATA_DIR (default: ../shared/data). At the default steps, about 1.2
+# hours of training in all on a 2-core CPU (0.56-0.59 s a step alone, README.md
+# Benchmark, plus validation), plus evaluation: the 20-way 15-query ones took
+# about 10 minutes each before the speed-up of README.md Benchmark.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source experiments/env.sh
