@@ -134,13 +134,8 @@ class _UnfusedBatchNorm(batchnorm.BatchNorm):
     return batchnorm.max_pool_2x2(y) if self.max_pool else y
 
 
-class _NoBatchNorm(nn.Module):
-  use_running_average: bool = False
-  axis_name: object = None
-  momentum: float = 0.9
-  epsilon: float = 1e-5
-  use_bias: bool = True
-  max_pool: bool = False
+class _NoBatchNorm(_FlaxBatchNorm):
+  """The same interface, no normalisation (the max-pool only): a lower bound."""
 
   def __call__(self, x):
     return batchnorm.max_pool_2x2(x) if self.max_pool else x
