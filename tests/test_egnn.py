@@ -367,3 +367,16 @@ def test_tiny_egnn_learns_omniglot(tmp_path, data_dir):
     config.transductive = transductive
     results = train_lib.train_and_evaluate(config, str(tmp_path / str(transductive)))
     assert results['test_accuracy'] > 0.45, results
+
+
+def test_unrolled_scan_computes_the_same_function():
+  # `scan_unroll` (used by the benchmark to count FLOPs) changes the loop, not the model.
+  episode = _episode()
+  rolled, unrolled = _model(), _model(unroll=3)
+  variables = _variables(rolled, episode)
+  for train in (False, True):
+    a = _apply(rolled, variables, episode, train=train, rng=jax.random.PRNGKey(1))
+    b = _apply(unrolled, variables, episode, train=train, rng=jax.random.PRNGKey(1))
+    if train:
+      a, b = a[0], b[0]
+    np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
