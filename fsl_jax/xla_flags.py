@@ -20,8 +20,10 @@ Why each one (measured on the project's 2-core CPU, jaxlib 0.10.2; the figures
 and commands are in README.md, Benchmark):
 
   * `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK fusions).
-    jaxlib 0.10.2 routes convolutions through YNNPACK fusions by default; XLA's
-    own path trains EGNN at 84x84 about twice as fast in half the memory.
+    jaxlib 0.10.2 routes convolutions through YNNPACK fusions by default; on
+    XLA's own path EGNN's convolutions run forward and backward in 1.03 s
+    instead of 2.77 s (150 images of 84x84), and the 84x84 train step's peak
+    memory halved.
 """
 
 from __future__ import annotations
