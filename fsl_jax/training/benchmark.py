@@ -39,23 +39,26 @@ def _time(fn, repeats: int) -> float:
 UNROLL_FIELDS = ('scan_unroll',)
 
 
-def train_step_flops(config, source, spec, per_device: int, state, devices) -> float | None:
+def train_step_flops(config, compiled, source, spec, per_device: int, state,
+                     devices) -> float | None:
   """XLA's FLOP count of one device's train step, with every scan unrolled.
 
   XLA counts the body of a loop once, whatever its trip count, so a scanned
-  model would be undercounted; the step is compiled once more with the method's
-  scans unrolled (the same function) for the count.
+  model would be undercounted; a method with a scan-unroll field is compiled
+  once more with its scans unrolled (the same function) for the count, and any
+  other method's `compiled` step is counted as it is.
   """
-  config = ml_collections.ConfigDict(config.to_dict())
-  for field in UNROLL_FIELDS:
-    if field in config:
-      config[field] = 1_000_000  # Clamped to the scan's length by the method.
-  _, model = train.build(config)
-  step = jax.pmap(functools.partial(train.train_step, model=model, source=source, spec=spec,
-                                    per_device=per_device),
-                  axis_name=train.AXIS, devices=devices)
-  cost = step.lower(parallel.replicate(state, devices), source.step_inputs()).compile()
-  cost = cost.cost_analysis()
+  if any(field in config for field in UNROLL_FIELDS):
+    config = ml_collections.ConfigDict(config.to_dict())
+    for field in UNROLL_FIELDS:
+      if field in config:
+        config[field] = 1_000_000  # Clamped to the scan's length by the method.
+    _, model = train.build(config)
+    step = jax.pmap(functools.partial(train.train_step, model=model, source=source, spec=spec,
+                                      per_device=per_device),
+                    axis_name=train.AXIS, devices=devices)
+    compiled = step.lower(parallel.replicate(state, devices), source.step_inputs()).compile()
+  cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return (cost or {}).get('flops')
 
@@ -118,7 +121,8 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
     'device_kind': devices[0].device_kind, 'jax_version': jax.__version__,
     'xla_flags': os.environ.get('XLA_FLAGS', ''),
     'train_step_temp_bytes': memory.temp_size_in_bytes if memory else None,
-    'train_step_flops': train_step_flops(config, source, spec, per_device, state, devices),
+    'train_step_flops': train_step_flops(config, compiled, source, spec, per_device, state,
+                                         devices),
   }
   if compile_only:
     return shapes
