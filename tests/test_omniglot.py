@@ -56,7 +56,7 @@ def test_cache_is_reused_and_a_corrupt_cache_is_rebuilt(tmp_path, data_dir):
   cache = str(tmp_path / 'cache')
   first = omniglot.load('train', small, cache)
   [entry] = os.listdir(os.path.join(cache, 'omniglot'))
-  npz = os.path.join(cache, 'omniglot', entry, 'train.npz')
+  npz = os.path.join(cache, 'omniglot', entry, 'train.npy')
   mtime = os.path.getmtime(npz)
   second = omniglot.load('train', small, cache)
   assert os.path.getmtime(npz) == mtime  # Read from the cache, not decoded again.
@@ -66,7 +66,8 @@ def test_cache_is_reused_and_a_corrupt_cache_is_rebuilt(tmp_path, data_dir):
     f.write(b'\x00' * 64)
   third = omniglot.load('train', small, cache)
   np.testing.assert_array_equal(first.images, third.images)
-  assert not [n for n in os.listdir(os.path.join(cache, 'omniglot')) if n.startswith('.tmp')]
+  folder = os.path.join(cache, 'omniglot', entry)
+  assert not [n for n in os.listdir(folder) if n.startswith('.tmp')]
 
 
 def test_too_few_characters_for_the_split_is_a_clear_error(tmp_path, data_dir):

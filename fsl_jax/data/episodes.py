@@ -146,8 +146,10 @@ def episode_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
   return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, indices)
 
 
-def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
-  """uint8 pixels to float32 `(x / 255 - mean) / std`."""
+def normalize(images: jax.Array, mean, std) -> jax.Array:
+  """uint8 pixels to float32 `(x / 255 - mean) / std`; `mean`, `std`: scalars or per channel."""
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
   return (images.astype(jnp.float32) / 255.0 - mean) / std
 
 
@@ -181,8 +183,8 @@ class DeviceEpisodes:
 
   dataset: ClassMajorDataset
   spec: EpisodeSpec
-  mean: float = 0.0
-  std: float = 1.0
+  mean: float | tuple[float, ...] = 0.0
+  std: float | tuple[float, ...] = 1.0
   split: str = ''
   devices: list | None = None  # Default: all local devices.
   needs_host_keys: bool = dataclasses.field(default=False, init=False)
@@ -220,8 +222,8 @@ class HostEpisodes:
   num_classes: int
   examples_per_class: int
   spec: EpisodeSpec
-  mean: float = 0.0
-  std: float = 1.0
+  mean: float | tuple[float, ...] = 0.0
+  std: float | tuple[float, ...] = 1.0
   split: str = ''
   devices: list | None = None  # Default: all local devices.
   prefetch: int = 2  # Steps sampled ahead, in background threads.

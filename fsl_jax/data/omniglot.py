@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import re
-import shutil
 import tempfile
 import urllib.request
 import zipfile
@@ -33,6 +31,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
+from fsl_jax.data import cache as cache_lib
 from fsl_jax.data import errors
 from fsl_jax.data.dataset import ClassMajorDataset
 
@@ -66,7 +65,7 @@ ARCHIVES = {
   ),
 }
 ARCHIVES_FIRST = 'images_background'
-_CACHE_FORMAT = 2  # Bump when the decoded pixels or the layout change.
+_CACHE_FORMAT = 3  # Bump when the decoded pixels or the layout change.
 _IMAGE_RE = re.compile(r'^(images_background|images_evaluation)/([^/]+)/character(\d+)/'
                        r'(\d{4})_(\d{2})\.png$')
 
@@ -89,18 +88,16 @@ def load(split: str, data_dir: str | None = None, cache_dir: str | None = None,
   """
   if split not in SPLITS:
     raise errors.DataError(f'Unknown Omniglot split {split!r}; expected one of {SPLITS}.')
-  cache = _cache_root(cache_dir)
+  cache = cache_lib.root(cache_dir)
   archives = _find_archives(data_dir, cache, download)
-  key = _fingerprint(archives)
-  cache_path = os.path.join(cache, NAME, f'v{_CACHE_FORMAT}-{key}')
-  dataset = _read_cache(cache_path, split)
+  folder = os.path.join(cache, NAME, f'v{_CACHE_FORMAT}-{_fingerprint(archives)}')
+  dataset = cache_lib.read(folder, split, 'Omniglot')
   if dataset is None:
-    logging.info('Decoding Omniglot into %s (once; a few seconds).', cache_path)
-    _write_cache(cache_path, _decode(archives))
-    dataset = _read_cache(cache_path, split)
-    if dataset is None:
-      raise errors.DataError(f'The Omniglot cache at {cache_path} could not be read '
-                             'back after writing it; is the disk full?')
+    logging.info('Decoding Omniglot into %s (once; a few seconds).', folder)
+    decoded = _decode(archives)
+    for name, split_dataset in decoded.items():  # Every split: decoding is all-or-nothing.
+      cache_lib.write(folder, name, split_dataset)
+    dataset = decoded[split]
   if dataset.num_classes == 0:
     raise errors.CorruptDatasetError(
       f'The Omniglot {split} split is empty: the archives in '
@@ -134,18 +131,12 @@ def class_name(alphabet: str, number: int, rotation: int) -> str:
   return f'{alphabet}/character{number:02d}/rot{rotation:03d}'
 
 
-def _cache_root(cache_dir: str | None) -> str:
-  return os.path.expanduser(
-    cache_dir or os.environ.get('FSL_JAX_CACHE_DIR') or '~/.cache/fsl_jax'
-  )
-
-
 def _find_archives(data_dir: str | None, cache: str, download: bool) -> dict[str, str]:
   """Returns the paths of both archives, downloading them if asked to."""
-  data_dir = data_dir or os.environ.get('FSL_JAX_DATA_DIR')
+  data_dir = cache_lib.data_root(data_dir)
   searched = []
   if data_dir:
-    searched.append(os.path.join(os.path.expanduser(data_dir), NAME))
+    searched.append(os.path.join(data_dir, NAME))
   searched.append(os.path.join(cache, NAME, 'downloads'))
   for root in searched:
     paths = {a: os.path.join(root, a + '.zip') for a in ARCHIVES}
@@ -190,12 +181,7 @@ def _download(target: str) -> dict[str, str]:
 
 def _fingerprint(archives: dict[str, str]) -> str:
   """A short content hash of the archives, so a changed source invalidates the cache."""
-  digest = hashlib.sha256()
-  for archive in sorted(archives):
-    with open(archives[archive], 'rb') as f:
-      for block in iter(lambda: f.read(1 << 20), b''):
-        digest.update(block)
-  return digest.hexdigest()[:16]
+  return cache_lib.content_fingerprint(archives[a] for a in sorted(archives))
 
 
 def _decode(archives: dict[str, str]) -> dict[str, ClassMajorDataset]:
@@ -257,54 +243,6 @@ def _decode_png(payload: bytes, path: str, member: str) -> np.ndarray:
   except (OSError, ValueError) as e:
     raise errors.CorruptDatasetError(f'{path}: cannot decode {member} ({e}).') from None
   return 255 - np.asarray(grey, np.uint8)
-
-
-def _read_cache(cache_path: str, split: str) -> ClassMajorDataset | None:
-  """Returns the cached split, or None when it is missing, stale or corrupt."""
-  manifest_path = os.path.join(cache_path, 'manifest.json')
-  try:
-    with open(manifest_path) as f:
-      manifest = json.load(f)
-    entry = manifest['splits'][split]
-    with np.load(os.path.join(cache_path, f'{split}.npz')) as npz:
-      images = npz['images']
-      names = tuple(str(n) for n in npz['names'])
-    if (images.dtype != np.uint8 or list(images.shape) != entry['shape']
-        or len(names) != images.shape[0]
-        or hashlib.sha256(images.tobytes()).hexdigest() != entry['sha256']):
-      raise ValueError('contents do not match the manifest')
-  except FileNotFoundError:
-    return None
-  except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
-    logging.warning('Omniglot cache %s is unreadable (%s); rebuilding it.', cache_path, e)
-    shutil.rmtree(cache_path, ignore_errors=True)
-    return None
-  return ClassMajorDataset(images, names)
-
-
-def _write_cache(cache_path: str, datasets: dict[str, ClassMajorDataset]) -> None:
-  """Writes every split to a temporary folder, then renames it into place."""
-  parent = os.path.dirname(cache_path)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(dir=parent, prefix='.tmp-')
-  try:
-    manifest = {'format': _CACHE_FORMAT, 'splits': {}}
-    for split, ds in datasets.items():
-      np.savez(os.path.join(tmp, f'{split}.npz'), images=ds.images, names=np.array(ds.class_names))
-      manifest['splits'][split] = {
-        'shape': list(ds.images.shape),
-        'sha256': hashlib.sha256(ds.images.tobytes()).hexdigest(),
-      }
-    with open(os.path.join(tmp, 'manifest.json'), 'w') as f:
-      json.dump(manifest, f, indent=1)
-    try:
-      os.replace(tmp, cache_path)
-    except OSError:
-      # Another process finished the same cache first; keep theirs.
-      if not os.path.isfile(os.path.join(cache_path, 'manifest.json')):
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _atomic_write_bytes(path: str, payload: bytes) -> None:
