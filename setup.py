@@ -9,6 +9,7 @@ setup(
   long_description=open('README.md', encoding='utf-8').read(),
   long_description_content_type='text/markdown',
   packages=find_packages(include=['fsl_jax', 'fsl_jax.*']),
+  package_data={'fsl_jax.data': ['splits/*.txt', 'splits/*.md']},
   python_requires='>=3.10',
   install_requires=[
     # CPU JAX by default; see README.md for GPU (jax[cuda12]) and TPU (jax[tpu]).
@@ -29,7 +30,9 @@ setup(
     'pillow',
   ],
   extras_require={
-    'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'ruff'],
+    # importlib_resources: TFDS needs it to prepare a dataset (tests/test_cifar.py).
+    'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'ruff',
+             'importlib_resources'],
     'colab': ['matplotlib'],
   },
 )

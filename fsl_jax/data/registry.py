@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from fsl_jax.data import errors, mini_imagenet, omniglot
+from fsl_jax.data import cifar, errors, mini_imagenet, omniglot
 from fsl_jax.data.dataset import ClassMajorDataset
 
 
@@ -29,6 +29,12 @@ class DatasetInfo:
 
 MINI_IMAGENET_MEAN = (0.470995, 0.450267, 0.405303)
 MINI_IMAGENET_STD = (0.271711, 0.264776, 0.278495)
+# CIFAR-100's training-set statistics as the CIFAR-FS and FC100 literature uses
+# them (e.g. MetaOptNet's loaders: [129.377, 124.106, 112.478] / 255 and
+# [68.209, 65.431, 70.459] / 255). Not measured here: this machine has no
+# CIFAR-100; `experiments.dataset_stats --dataset=cifar_fs` measures them.
+CIFAR_MEAN = (0.507362, 0.486690, 0.441089)
+CIFAR_STD = (0.267488, 0.256593, 0.276309)
 
 DATASETS = {
   # Omniglot pixels stay in [0, 1] (stroke 1, background 0), as in Snell et al.
@@ -37,6 +43,8 @@ DATASETS = {
   # `python -m experiments.dataset_stats --dataset=mini_imagenet --data_dir=../shared/data`.
   'mini_imagenet': DatasetInfo(mini_imagenet.load, mini_imagenet.SPLITS,
                                mean=MINI_IMAGENET_MEAN, std=MINI_IMAGENET_STD),
+  'cifar_fs': DatasetInfo(cifar.load_cifar_fs, cifar.SPLITS, mean=CIFAR_MEAN, std=CIFAR_STD),
+  'fc100': DatasetInfo(cifar.load_fc100, cifar.SPLITS, mean=CIFAR_MEAN, std=CIFAR_STD),
 }
 
 
