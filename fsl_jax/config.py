@@ -12,6 +12,7 @@ import difflib
 
 import ml_collections
 
+from fsl_jax.data import augment as augment_lib
 from fsl_jax.models import backbones
 from fsl_jax.models import base as models_base
 
@@ -49,6 +50,17 @@ def base_config() -> ml_collections.ConfigDict:
   # The backbone's compute dtype: 'float32' or 'bfloat16' (parameters, BatchNorm
   # statistics, and everything after the embedding stay float32).
   c.compute_dtype = 'float32'
+  # Recompute the backbone's activations block by block in the backward pass
+  # instead of storing them (less memory, more compute); backbones with blocks only.
+  c.remat = False
+  # Training augmentation on the device (`fsl_jax.data.augment`): comma-separated
+  # operations from resized_crop, pad_crop, flip, jitter; empty: none. Validation
+  # and test episodes are never augmented.
+  c.augment = ''
+  c.augment_pad = 4  # pad_crop: zero padding on each side, in pixels.
+  c.augment_crop_min = 0.08  # resized_crop: the crop's area fraction is drawn from
+  c.augment_crop_max = 1.0  # [augment_crop_min, augment_crop_max].
+  c.augment_jitter = 0.4  # jitter: brightness, contrast, saturation in [1 - j, 1 + j].
 
   # Validation and test episodes (validation uses the test shape).
   c.test_way = 5
@@ -160,6 +172,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if config.compute_dtype not in backbones.COMPUTE_DTYPES:
     raise ConfigError("compute_dtype must be 'float32' or 'bfloat16', got "
                       f'{config.compute_dtype!r}.')
+  try:
+    augment_lib.from_config(config)
+  except ValueError as e:
+    raise ConfigError(f'augment={config.augment!r}: {e}') from None
   if config.optimizer not in ('adam', 'sgd'):
     raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {config.optimizer!r}.")
   positive = ['num_train_steps', 'log_every', 'checkpoint_every', 'eval_episodes',

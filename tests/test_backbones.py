@@ -83,3 +83,86 @@ def test_bfloat16_backbone_returns_float32_embeddings_with_float32_parameters():
   out, updates = net.apply(variables, x, train=True, mutable=['batch_stats'])
   assert out.dtype == jnp.float32 and out.shape == (4, 64)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(updates))
+
+
+def test_resnet12_shapes_and_parameter_count():
+  net = backbones.ResNet12()
+  variables = jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((2, 84, 84, 3)),
+                                              train=False))
+  out = jax.eval_shape(lambda v: net.apply(v, jnp.zeros((2, 84, 84, 3)), train=False), variables)
+  assert out.shape == (2, 5 * 5 * 640)  # 84 -> 42 -> 21 -> 10 -> 5.
+  # Per block: three 3x3 convs and a 1x1 shortcut (no biases), four BatchNorms.
+  expected, c_in = 0, 3
+  for c in (64, 160, 320, 640):
+    expected += 9 * c_in * c + 9 * c * c * 2 + c_in * c + 4 * 2 * c
+    c_in = c
+  assert sum(x.size for x in jax.tree.leaves(variables['params'])) == expected  # 12.4M
+  avg = backbones.get_backbone('resnet12_avgpool')
+  out = jax.eval_shape(lambda v: avg.apply(v, jnp.zeros((2, 32, 32, 3)), train=False), variables)
+  assert out.shape == (2, 640)
+
+
+def test_residual_block_by_hand_in_evaluation():
+  # With identity BatchNorms (running mean 0, var 1 - eps), the block is
+  # maxpool(leaky(conv3(leaky(conv2(leaky(conv1 x)))) + conv1x1 x)).
+  block = backbones.ResidualBlock(4)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
+  variables = block.init(jax.random.PRNGKey(1), x, False)
+  stats = jax.tree.map(lambda v: v, variables['batch_stats'])
+  for name in stats:
+    stats[name] = {'mean': jnp.zeros(4), 'var': jnp.full(4, 1 - 1e-5)}
+  params = variables['params']
+  params = {k: ({'scale': jnp.ones(4), 'bias': jnp.zeros(4)} if k.startswith('BatchNorm') else v)
+            for k, v in params.items()}
+  out = block.apply({'params': params, 'batch_stats': stats}, x, False)
+  conv = lambda name, y, pad: jax.lax.conv_general_dilated(
+    y, params[name]['kernel'], (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  leaky = lambda y: jnp.where(y > 0, y, 0.1 * y)
+  h = leaky(conv('Conv_1', x, 'SAME'))
+  h = leaky(conv('Conv_2', h, 'SAME'))
+  h = conv('Conv_3', h, 'SAME')
+  y = leaky(h + conv('Conv_0', x, 'VALID'))
+  want = y.reshape(1, 3, 2, 3, 2, 4).max(axis=(2, 4))
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+def test_drop_block_drops_whole_squares_and_rescales():
+  x = jnp.ones((64, 10, 10, 3))
+  out = backbones.drop_block(x, 0.2, 3, jax.random.PRNGKey(0))
+  dropped = np.asarray(out == 0)
+  # Every dropped unit lies in a fully dropped 3x3 square.
+  for n, i, j, c in zip(*np.nonzero(dropped[:8]), strict=True):
+    assert any(dropped[n, a:a + 3, b:b + 3, c].all()
+               for a in range(max(0, i - 2), min(i, 7) + 1)
+               for b in range(max(0, j - 2), min(j, 7) + 1))
+  rate = dropped.mean()
+  assert 0.12 < rate < 0.22  # About `rate`, a little less where blocks overlap.
+  np.testing.assert_allclose(np.asarray(out).sum(), x.size, rtol=1e-5)  # Rescaled: same sum.
+
+
+@pytest.mark.parametrize('name, features', [('conv4', 8), ('resnet12', (8, 8, 16, 16))])
+def test_remat_computes_the_same_values_and_gradients(name, features):
+  x = jax.random.normal(jax.random.PRNGKey(0), (4, 20, 20, 3))
+  plain = backbones.get_backbone(name, features=features)
+  remat = backbones.get_backbone(name, features=features, remat=True)
+  variables = plain.init(jax.random.PRNGKey(1), x, train=False)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+    remat.init(jax.random.PRNGKey(1), x, train=False))
+
+  def loss(params, net):
+    out, _ = net.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+    return (out ** 2).mean()
+
+  grad = jax.jit(jax.grad(loss), static_argnums=1)
+  for a, b in zip(jax.tree.leaves(grad(variables['params'], plain)),
+                  jax.tree.leaves(grad(variables['params'], remat)), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_remat_on_a_backbone_without_it_is_a_clear_error():
+  from fsl_jax import config as config_lib
+
+  config = config_lib.base_config()
+  config.backbone, config.remat = 'egnn_conv4', True
+  with pytest.raises(ValueError, match="'egnn_conv4' has no remat option.*resnet12"):
+    backbones.from_config(config)

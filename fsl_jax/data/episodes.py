@@ -148,9 +148,15 @@ def episode_keys(key: jax.Array, indices: jax.Array) -> jax.Array:
 
 def normalize(images: jax.Array, mean, std) -> jax.Array:
   """uint8 pixels to float32 `(x / 255 - mean) / std`; `mean`, `std`: scalars or per channel."""
-  mean = jnp.asarray(mean, jnp.float32)
-  std = jnp.asarray(std, jnp.float32)
-  return (images.astype(jnp.float32) / 255.0 - mean) / std
+  return _standardize(images.astype(jnp.float32) / 255.0, mean, std)
+
+
+def _standardize(unit: jax.Array, mean, std) -> jax.Array:
+  return (unit - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+# Salt of the augmentation keys, folded into each episode's sampling key.
+_AUGMENT_SALT = 0x617567
 
 
 class EpisodeSource(Protocol):
@@ -187,6 +193,8 @@ class DeviceEpisodes:
   std: float | tuple[float, ...] = 1.0
   split: str = ''
   devices: list | None = None  # Default: all local devices.
+  # Training sources only: `(key, [n, H, W, C] images in [0, 1]) -> images`.
+  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
   needs_host_keys: bool = dataclasses.field(default=False, init=False)
 
   def __post_init__(self):
@@ -203,7 +211,7 @@ class DeviceEpisodes:
 
   def episodes(self, inputs: jax.Array, keys: jax.Array) -> Episode:
     episodes = jax.vmap(sample_episode, in_axes=(0, None, None))(keys, inputs, self.spec)
-    return _normalized(episodes, self.mean, self.std)
+    return _normalized(episodes, keys, self.mean, self.std, self.augment)
 
 
 @dataclasses.dataclass
@@ -227,6 +235,7 @@ class HostEpisodes:
   split: str = ''
   devices: list | None = None  # Default: all local devices.
   prefetch: int = 2  # Steps sampled ahead, in background threads.
+  augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None  # As `DeviceEpisodes`.
   needs_host_keys: bool = dataclasses.field(default=True, init=False)
 
   def __post_init__(self):
@@ -272,8 +281,8 @@ class HostEpisodes:
     return self._queue.popleft().result()
 
   def episodes(self, inputs: Episode, keys: jax.Array) -> Episode:
-    del keys  # Already used on the host.
-    return _normalized(inputs, self.mean, self.std)
+    # The keys were used on the host to sample; here only to augment.
+    return _normalized(inputs, keys, self.mean, self.std, self.augment)
 
 
 def _part_bounds(spec: EpisodeSpec):
@@ -282,9 +291,15 @@ def _part_bounds(spec: EpisodeSpec):
   return [(0, s), (s, s + q), (s + q, s + q + spec.unlabeled_shot)]
 
 
-def _normalized(episodes: Episode, mean: float, std: float) -> Episode:
-  return episodes.replace(
-    support_images=normalize(episodes.support_images, mean, std),
-    query_images=normalize(episodes.query_images, mean, std),
-    unlabeled_images=normalize(episodes.unlabeled_images, mean, std),
-  )
+def _normalized(episodes: Episode, keys: jax.Array, mean, std, augment=None) -> Episode:
+  """uint8 episodes `[batch, ...]` to float32: scaled to [0, 1], augmented (each image
+  with a key derived from its episode's key), then standardised."""
+  names = ('support_images', 'query_images', 'unlabeled_images')
+  unit = {n: getattr(episodes, n).astype(jnp.float32) / 255.0 for n in names}
+  if augment is not None:
+    def one(key, *images):
+      part_keys = jax.random.split(jax.random.fold_in(key, _AUGMENT_SALT), len(images))
+      return tuple(augment(k, x) for k, x in zip(part_keys, images, strict=True))
+
+    unit = dict(zip(names, jax.vmap(one)(keys, *unit.values()), strict=True))
+  return episodes.replace(**{n: _standardize(x, mean, std) for n, x in unit.items()})

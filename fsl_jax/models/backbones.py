@@ -47,10 +47,18 @@ class ConvBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     x = nn.Conv(self.features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype)(x)
     x = batch_norm(train, self.bn_axis, max_pool=True)(x)
     return nn.relu(x)
+
+
+def block_class(cls, remat: bool):
+  """`cls`, or with `remat` its `nn.remat` version (the activations inside each block
+  are recomputed in the backward pass instead of stored; only block outputs are
+  kept). Its `__call__(x, train)` takes `train` positionally (a static argument),
+  and the parameters are the same either way."""
+  return nn.remat(cls, static_argnums=(2,)) if remat else cls
 
 
 class Conv4(nn.Module):
@@ -70,13 +78,15 @@ class Conv4(nn.Module):
   num_blocks: int = 4
   bn_axis: Any = None  # See `batch_norm`.
   dtype: Any = jnp.float32  # Compute dtype; see `compute_dtype`.
+  remat: bool = False  # See `block_class`.
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     """Maps `[batch, H, W, C]` images to `[batch, D]` float32 embeddings."""
     x = images.astype(self.dtype)
-    for _ in range(self.num_blocks):
-      x = ConvBlock(self.features, self.bn_axis, self.dtype)(x, train=train)
+    block = block_class(ConvBlock, self.remat)
+    for i in range(self.num_blocks):
+      x = block(self.features, self.bn_axis, self.dtype, name=f'ConvBlock_{i}')(x, train)
     return x.reshape((x.shape[0], -1)).astype(jnp.float32)
 
 
@@ -136,8 +146,96 @@ class EGNNConv4(nn.Module):
     return batch_norm(train, self.bn_axis, use_bias=False)(x).astype(jnp.float32)
 
 
+def drop_block(x: jax.Array, rate: float, block_size: int, rng: jax.Array) -> jax.Array:
+  """DropBlock (Ghiasi et al. 2018) on `[batch, H, W, C]`: zeroes random
+  `block_size` x `block_size` squares, per channel, and rescales by kept/total.
+
+  Seeds are drawn with probability `gamma` on the positions where a whole block
+  fits, so that a fraction `rate` of the units is dropped on average (before
+  overlaps): `gamma = rate / b^2 * H W / ((H - b + 1) (W - b + 1))`.
+  """
+  n, h, w, c = x.shape
+  b = min(block_size, h, w)
+  gamma = rate / b ** 2 * (h * w) / ((h - b + 1) * (w - b + 1))
+  seeds = jax.random.bernoulli(rng, gamma, (n, h - b + 1, w - b + 1, c)).astype(x.dtype)
+  # A seed at (i, j) drops the block [i, i + b) x [j, j + b).
+  padded = jnp.pad(seeds, ((0, 0), (b - 1, b - 1), (b - 1, b - 1), (0, 0)))
+  dropped = jax.lax.reduce_window(padded, jnp.array(0, x.dtype), jax.lax.max, (1, b, b, 1),
+                                  (1, 1, 1, 1), 'VALID')
+  keep = 1 - dropped
+  scale = keep.size / jnp.maximum(keep.sum(), 1)
+  return x * keep * scale.astype(x.dtype)
+
+
+class ResidualBlock(nn.Module):
+  """ResNet-12's block: three 3x3 conv + BatchNorm (LeakyReLU 0.1 after the first
+  two), added to a 1x1 conv + BatchNorm shortcut, LeakyReLU 0.1, 2x2 max-pool;
+  then dropout (`drop_block_size` 0) or DropBlock of rate `drop_rate`."""
+
+  features: int
+  bn_axis: Any = None
+  dtype: Any = jnp.float32
+  drop_rate: float = 0.0
+  drop_block_size: int = 0
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    conv = functools.partial(nn.Conv, self.features, use_bias=False, dtype=self.dtype)
+    shortcut = batch_norm(train, self.bn_axis)(conv((1, 1))(x))
+    for i in range(3):
+      x = batch_norm(train, self.bn_axis)(conv((3, 3), padding='SAME')(x))
+      if i < 2:
+        x = nn.leaky_relu(x, 0.1)
+    x = batchnorm.max_pool_2x2(nn.leaky_relu(x + shortcut, 0.1))
+    if train and self.drop_rate:
+      rng = self.make_rng('dropout')
+      if self.drop_block_size:
+        x = drop_block(x, self.drop_rate, self.drop_block_size, rng)
+      else:
+        x = nn.Dropout(self.drop_rate, deterministic=False)(x, rng=rng)
+    return x
+
+
+class ResNet12(nn.Module):
+  """ResNet-12 as the few-shot field uses it (TADAM, MetaOptNet): four
+  `ResidualBlock`s of 64, 160, 320 and 640 channels, flattened (84x84 -> 5x5x640,
+  16000-d; 32x32 -> 2x2x640, 2560-d) or average-pooled (640-d).
+
+  `drop_rate` > 0 applies dropout after the first two blocks and DropBlock of
+  size `drop_block_size` after the last two (MetaOptNet: 0.1 and 5 on
+  miniImageNet and tieredImageNet, 2 on CIFAR-FS and FC100), with the rate
+  constant (MetaOptNet ramps DropBlock's rate up over the first 40,000 steps).
+  """
+
+  features: tuple[int, ...] = (64, 160, 320, 640)
+  pool: str = 'flatten'  # 'flatten' or 'avg'.
+  drop_rate: float = 0.0
+  drop_block_size: int = 5
+  bn_axis: Any = None  # See `batch_norm`.
+  dtype: Any = jnp.float32  # Compute dtype; see `compute_dtype`.
+  remat: bool = False  # See `block_class`.
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    x = images.astype(self.dtype)
+    block = block_class(ResidualBlock, self.remat)
+    for i, features in enumerate(self.features):
+      x = block(features, self.bn_axis, self.dtype, self.drop_rate,
+                self.drop_block_size if i >= 2 else 0, name=f'ResidualBlock_{i}')(x, train)
+    if self.pool == 'avg':
+      x = x.mean(axis=(1, 2))
+    elif self.pool != 'flatten':
+      raise ValueError(f"pool must be 'flatten' or 'avg', got {self.pool!r}.")
+    return x.reshape((x.shape[0], -1)).astype(jnp.float32)
+
+
 BACKBONES = {
   'conv4': Conv4,
+  'resnet12': ResNet12,
+  'resnet12_avgpool': functools.partial(ResNet12, pool='avg'),
+  # MetaOptNet's regularisation: miniImageNet / tieredImageNet, and CIFAR sizes.
+  'resnet12_dropblock': functools.partial(ResNet12, drop_rate=0.1, drop_block_size=5),
+  'resnet12_dropblock_cifar': functools.partial(ResNet12, drop_rate=0.1, drop_block_size=2),
   'egnn_conv4': EGNNConv4,
   # Omniglot: EGNN's paper has no Omniglot experiment, so this is our choice: the
   # same network (a 1x1x256 map before the linear layer on 28x28), without the
@@ -172,8 +270,18 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
 
 
 def from_config(config) -> nn.Module:
-  """The backbone a config names, with its BatchNorm pooling and compute dtype."""
-  return get_backbone(config.backbone, bn_axis=bn_axis(config), dtype=compute_dtype(config))
+  """The backbone a config names, with its BatchNorm pooling, compute dtype and remat."""
+  kwargs = {'bn_axis': bn_axis(config), 'dtype': compute_dtype(config)}
+  if config.remat:
+    cls = BACKBONES.get(config.backbone)
+    cls = getattr(cls, 'func', cls)  # A functools.partial of a backbone class.
+    if cls is not None and 'remat' not in getattr(cls, '__dataclass_fields__', {}):
+      with_remat = sorted(n for n, b in BACKBONES.items()
+                          if 'remat' in getattr(getattr(b, 'func', b), '__dataclass_fields__', {}))
+      raise ValueError(f'Backbone {config.backbone!r} has no remat option; backbones with '
+                       f'one: {with_remat}.')
+    kwargs['remat'] = True
+  return get_backbone(config.backbone, **kwargs)
 
 
 def embed_episode(backbone: nn.Module, *image_sets: jax.Array, train: bool) -> list[jax.Array]:

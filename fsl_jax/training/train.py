@@ -29,6 +29,7 @@ from flax.training import train_state
 
 from fsl_jax import config as config_lib
 from fsl_jax import parallel
+from fsl_jax.data import augment as augment_lib
 from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
 from fsl_jax.evaluation import metrics as metrics_lib
@@ -216,17 +217,19 @@ class Evaluator:
 def _make_sources(config, splits, test: bool, devices):
   info = data_registry.get(config.dataset)
   spec = episode_spec(config, test=test)
+  augment = None if test else augment_lib.from_config(config)  # Training episodes only.
   sources = []
   for split in splits:
     dataset = data_registry.load_dataset(config.dataset, split, config.data_dir or None,
                                          config.cache_dir or None, config.download)
     if config.episode_sampling == 'device':
       sources.append(episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, split,
-                                                 devices))
+                                                 devices, augment=augment))
     else:
       sources.append(episodes_lib.HostEpisodes(
         lambda c, images=dataset.images: images[c], dataset.num_classes,
-        dataset.examples_per_class, spec, info.mean, info.std, split, devices=devices))
+        dataset.examples_per_class, spec, info.mean, info.std, split, devices=devices,
+        augment=augment))
   return sources
 
 
