@@ -1,6 +1,6 @@
 """Datasets and episodes."""
 
-from fsl_jax.data.dataset import ClassMajorDataset
+from fsl_jax.data.dataset import ClassMajorDataset, FlatDataset
 from fsl_jax.data.episodes import (
   DeviceEpisodes,
   Episode,
@@ -22,5 +22,6 @@ from fsl_jax.data.registry import DATASETS, DatasetInfo, load_dataset
 __all__ = [
   'ClassMajorDataset', 'CorruptDatasetError', 'DATASETS', 'DataError', 'DatasetInfo',
   'DatasetNotFoundError', 'DeviceEpisodes', 'Episode', 'EpisodeError', 'EpisodeSource',
-  'EpisodeSpec', 'HostEpisodes', 'episode_keys', 'load_dataset', 'normalize', 'sample_episode',
+  'EpisodeSpec', 'FlatDataset', 'HostEpisodes', 'episode_keys', 'load_dataset', 'normalize',
+  'sample_episode',
 ]

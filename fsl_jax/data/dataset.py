@@ -1,4 +1,4 @@
-"""The in-memory form of a few-shot split: class-major uint8 images."""
+"""The forms of a few-shot split: class-major uint8 images, or flat and sorted by class."""
 
 from __future__ import annotations
 
@@ -39,3 +39,42 @@ class ClassMajorDataset:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[2:])
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatDataset:
+  """A split whose classes differ in size, stored flat and sorted by class.
+
+  Attributes:
+    images: uint8 `[N, H, W, C]` (a read-only memory map for cached splits).
+    offsets: int64 `[classes + 1]`; class `c` is rows `offsets[c]:offsets[c + 1]`.
+    class_names: one name per class.
+  """
+
+  images: np.ndarray
+  offsets: np.ndarray
+  class_names: tuple[str, ...]
+
+  def __post_init__(self):
+    sizes = np.diff(self.offsets)
+    if (self.images.ndim != 4 or self.images.dtype != np.uint8 or self.offsets[0] != 0
+        or self.offsets[-1] != len(self.images) or (sizes < 1).any()
+        or len(self.class_names) != len(sizes)):
+      raise ValueError('Inconsistent FlatDataset: images, offsets and class names disagree.')
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def examples_per_class(self) -> int:
+    """The smallest class's size: what an episode may ask of every class."""
+    return int(np.diff(self.offsets).min())
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
+  def load_class(self, c: int) -> np.ndarray:
+    """The images of class `c` (a view: rows are read when indexed)."""
+    return self.images[self.offsets[c]:self.offsets[c + 1]]

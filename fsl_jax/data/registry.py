@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from fsl_jax.data import cifar, errors, mini_imagenet, omniglot
+from fsl_jax.data import cifar, errors, mini_imagenet, omniglot, tiered_imagenet
 from fsl_jax.data.dataset import ClassMajorDataset
 
 
@@ -43,6 +43,10 @@ DATASETS = {
   # `python -m experiments.dataset_stats --dataset=mini_imagenet --data_dir=../shared/data`.
   'mini_imagenet': DatasetInfo(mini_imagenet.load, mini_imagenet.SPLITS,
                                mean=MINI_IMAGENET_MEAN, std=MINI_IMAGENET_STD),
+  # No tieredImageNet on this machine to measure: miniImageNet's statistics (both
+  # are 84x84 ImageNet subsets). Sampled on the host (`episode_sampling='host'`).
+  'tiered_imagenet': DatasetInfo(tiered_imagenet.load, tiered_imagenet.SPLITS,
+                                 mean=MINI_IMAGENET_MEAN, std=MINI_IMAGENET_STD),
   'cifar_fs': DatasetInfo(cifar.load_cifar_fs, cifar.SPLITS, mean=CIFAR_MEAN, std=CIFAR_STD),
   'fc100': DatasetInfo(cifar.load_fc100, cifar.SPLITS, mean=CIFAR_MEAN, std=CIFAR_STD),
 }
@@ -55,8 +59,9 @@ def get(name: str) -> DatasetInfo:
 
 
 def load_dataset(name: str, split: str, data_dir: str | None = None,
-                 cache_dir: str | None = None, download: bool = False) -> ClassMajorDataset:
-  """Loads one split of a registered dataset."""
+                 cache_dir: str | None = None, download: bool = False):
+  """Loads one split of a registered dataset: a `ClassMajorDataset`, or for
+  tieredImageNet a memory-mapped `tiered_imagenet.FlatDataset`."""
   info = get(name)
   if split not in info.splits:
     raise errors.DataError(f'Dataset {name!r} has no split {split!r}; splits: {info.splits}.')

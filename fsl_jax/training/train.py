@@ -32,6 +32,7 @@ from fsl_jax import parallel
 from fsl_jax.data import augment as augment_lib
 from fsl_jax.data import episodes as episodes_lib
 from fsl_jax.data import registry as data_registry
+from fsl_jax.data.dataset import FlatDataset
 from fsl_jax.evaluation import metrics as metrics_lib
 from fsl_jax.models import backbones
 from fsl_jax.models import base as models_base
@@ -223,13 +224,18 @@ def _make_sources(config, splits, test: bool, devices):
     dataset = data_registry.load_dataset(config.dataset, split, config.data_dir or None,
                                          config.cache_dir or None, config.download)
     if config.episode_sampling == 'device':
+      if isinstance(dataset, FlatDataset):
+        raise config_lib.ConfigError(
+          f'The {config.dataset} {split} split is read from a memory-mapped cache, not held '
+          "on the devices; set --config.episode_sampling=host.")
       sources.append(episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, split,
                                                  devices, augment=augment))
     else:
+      load_class = getattr(dataset, 'load_class', None) or (
+        lambda c, images=dataset.images: images[c])
       sources.append(episodes_lib.HostEpisodes(
-        lambda c, images=dataset.images: images[c], dataset.num_classes,
-        dataset.examples_per_class, spec, info.mean, info.std, split, devices=devices,
-        augment=augment))
+        load_class, dataset.num_classes, dataset.examples_per_class, spec, info.mean, info.std,
+        split, devices=devices, augment=augment))
   return sources
 
 
