@@ -22,12 +22,13 @@ def test_four_devices_equal_one_device(tmp_path):
 
   SGD, because Adam's first steps are lr * sign(gradient): a gradient entry that
   is zero up to rounding (summation order differs across devices) flips sign.
+  Augmented, so that the augmentation is checked to depend on the episode alone.
   """
   assert jax.local_device_count() == 4
   results = {}
   for n in (1, 4):
     config = tiny_config(num_devices=n, meta_batch_size=4, optimizer='sgd', learning_rate=0.05,
-                         **SHORT)
+                         augment='pad_crop,flip', **SHORT)
     results[n] = train.train_and_evaluate(config, str(tmp_path / str(n)))
     results[n]['state'] = trained_state(config, str(tmp_path / str(n)))
   assert results[4]['devices'] == 4 and results[1]['devices'] == 1
@@ -41,12 +42,12 @@ def test_four_devices_equal_one_device(tmp_path):
   np.testing.assert_allclose(results[1]['test_accuracy'], results[4]['test_accuracy'], atol=0.02)
 
 
-@pytest.mark.parametrize('sampling', ['device', 'host'])
-def test_resume_equals_uninterrupted_run(tmp_path, sampling):
+@pytest.mark.parametrize('sampling, augment', [('device', ''), ('host', 'pad_crop,flip,jitter')])
+def test_resume_equals_uninterrupted_run(tmp_path, sampling, augment):
   """Also the determinism test: two runs of one config agree bit for bit."""
-  config = tiny_config(num_devices=2, episode_sampling=sampling, **SHORT)
+  config = tiny_config(num_devices=2, episode_sampling=sampling, augment=augment, **SHORT)
   train.train_and_evaluate(config, str(tmp_path / 'straight'))
-  interrupted = tiny_config(num_devices=2, episode_sampling=sampling,
+  interrupted = tiny_config(num_devices=2, episode_sampling=sampling, augment=augment,
                             **{**SHORT, 'num_train_steps': 2})
   train.train_and_evaluate(interrupted, str(tmp_path / 'resumed'))
   resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
