@@ -9,6 +9,11 @@ VARIANTS = {
   'protonet_omniglot': ['1shot', '5shot', 'tiny'],
   'egnn_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot',
                     '5way1shot-nontransductive', '20way1shot-nontransductive', 'tiny'],
+  'protonet_mini_imagenet': ['1shot', '5shot', 'tiny'],
+  'egnn_mini_imagenet': ['5way5shot', '5way1shot', '5way5shot-nontransductive', 'tiny'],
+  'protonet_tiered_imagenet': ['1shot', '5shot', 'tiny'],
+  'protonet_cifar_fs': ['1shot', '5shot', 'tiny'],
+  'protonet_fc100': ['1shot', '5shot', 'tiny'],
 }
 
 
