@@ -67,3 +67,14 @@ def test_egnn_notebook_runs(monkeypatch, tmp_path, data_dir):
   assert 'episode accuracy:' in text
   images = [o for c in nb.cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
   assert len(images) == 2, 'Expected the episode figure and the edge heatmaps.'
+
+
+@pytest.mark.slow
+def test_mini_imagenet_episode_notebook_runs(monkeypatch, tmp_path, data_dir):
+  monkeypatch.setenv('FSL_JAX_REPO', str(REPO))
+  monkeypatch.setenv('FSL_JAX_DATA_DIR', data_dir)
+  nb = _execute(COLABS / 'mini_imagenet_episode.ipynb')
+  text = _output_text(nb)
+  assert '20 classes x 600 images of (84, 84, 3)' in text, text
+  images = [o for c in nb.cells for o in c.get('outputs', []) if 'image/png' in o.get('data', {})]
+  assert len(images) == 1, 'Expected the episode figure.'
