@@ -32,6 +32,60 @@ def setup() -> None:
                jax.local_device_count(), jax.local_devices(), os.environ.get('XLA_FLAGS', ''))
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with one clear line (exit status 2) for a bad flag.
+
+  `--config.FIELD=...` overrides go through ml_collections, which raises on an
+  unknown field, a config file that does not exist or a bad variant with a
+  Python traceback; here each becomes one line, naming the nearest known field
+  for an unknown one.
+  """
+  from absl import flags
+
+  try:
+    remaining = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+      flags.FLAGS.config.keys()  # A config file that failed to load raises only when read.
+    return remaining
+  except flags.Error as e:
+    message = str(e)
+    if 'Traceback (most recent call last)' in message:  # A config file's own exception.
+      last = [line for line in message.splitlines() if line.strip()][-1].strip()
+      config_arg = next((a for a in argv[1:] if a.startswith('--config=')), '--config')
+      message = f'{config_arg}: {last}'
+  except Exception as e:  # noqa: BLE001 (ml_collections raises many kinds)
+    message = _config_flag_message(argv, e)
+  print(f'error: {message}\nPass --help for the flags.', file=sys.stderr)
+  sys.exit(2)
+
+
+def _config_flag_message(argv: list[str], error: Exception) -> str:
+  import difflib
+
+  from fsl_jax import config as config_lib
+  from fsl_jax.models import base as models_base
+
+  known = set(config_lib.base_config().keys())
+  for method in models_base.METHODS:
+    known |= set(config_lib.method_defaults(method))
+  for arg in argv[1:]:
+    if arg.startswith('--config.'):
+      field = arg[len('--config.'):].split('=', 1)[0].split('.', 1)[0]
+      if field not in known:
+        close = difflib.get_close_matches(field, sorted(known), n=1)
+        hint = f' Did you mean {close[0]!r}?' if close else ''
+        return f'Unknown config field {field!r} in {arg}.{hint}'
+  config_arg = next((a for a in argv[1:] if a.startswith('--config=')), '--config')
+  text = str(error)
+  if 'No such file' in text or 'Failed loading config file' in text:
+    path = config_arg.split('=', 1)[-1].split(':', 1)[0]
+    return f'{config_arg}: cannot load the config file {path}; check the path.'
+  cause = error
+  while cause.__cause__ is not None or cause.__context__ is not None:
+    cause = cause.__cause__ or cause.__context__
+  return f'{config_arg}: {type(cause).__name__}: {cause}'
+
+
 @contextlib.contextmanager
 def user_errors():
   """Turns configuration and data errors into one clear line and exit status 2."""

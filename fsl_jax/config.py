@@ -185,6 +185,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   for field in positive:
     if config[field] < 1:
       raise ConfigError(f'{field} must be at least 1, got {config[field]}.')
+  # A 95% interval over episodes needs at least two of them.
+  for field in ['eval_episodes'] + (['val_episodes'] if config.eval_every else []):
+    if config[field] < 2:
+      raise ConfigError(f'{field} must be at least 2 (a confidence interval over one episode '
+                        f'does not exist), got {config[field]}.')
   if config.eval_every < 0:
     raise ConfigError(f'eval_every must be >= 0 (0: no validation), got {config.eval_every}.')
   if config.eval_every and config.val_split in (config.train_split, config.test_split):

@@ -37,9 +37,46 @@ def test_train_then_evaluate_at_another_way(tmp_path):
   assert evaluated['checkpoint_step'] > 0
 
 
-def test_unknown_config_field_is_refused(tmp_path):
+def one_line_error(out, *expected):
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert 'Traceback' not in out.stderr, out.stderr[-2000:]
+  line = next(x for x in out.stderr.splitlines() if x.startswith('error: '))
+  for text in expected:
+    assert text in line, line
+
+
+def test_bad_config_flags_are_one_line_each(tmp_path):
   out = run('train', *TINY, '--config.wayy=3', f'--workdir={tmp_path}', check=False)
-  assert out.returncode != 0 and 'wayy' in out.stderr
+  one_line_error(out, "Unknown config field 'wayy'", "Did you mean 'way'?")
+  out = run('train', '--config=experiments/configs/nothing.py', f'--workdir={tmp_path}',
+            check=False)
+  one_line_error(out, 'nothing.py')
+  out = run('train', f'--config={CONFIGS / "protonet_omniglot.py"}:7shot',
+            f'--workdir={tmp_path}', check=False)
+  one_line_error(out, "Unknown variant '7shot'")
+  assert not os.listdir(tmp_path)
+
+
+def test_a_failed_run_leaves_nothing_and_the_corrected_rerun_trains(tmp_path):
+  workdir = tmp_path / 'w'
+  out = run('train', *TINY, '--config.test_way=2000', f'--workdir={workdir}', check=False)
+  one_line_error(out, 'test_way=2000', 'lower test_way', 'test_* shape')
+  assert not workdir.exists()
+  # Even a config.json from an old failed run does not block: no checkpoint, no run.
+  workdir.mkdir()
+  (workdir / 'config.json').write_text('{"method": "protonet", "way": 3}')
+  run('train', *TINY, '--config.num_train_steps=2', '--config.eval_every=0',
+      f'--workdir={workdir}')
+  assert (workdir / 'results.json').exists()
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  path = tmp_path / 'file'
+  path.write_text('')
+  out = run('train', *TINY, f'--workdir={path}', check=False)
+  one_line_error(out, 'is a file')
+  out = run('train', *TINY, f'--workdir={path}/below', check=False)
+  one_line_error(out, f'{path} is a file')
 
 
 def test_missing_data_is_one_clear_line(tmp_path):
@@ -72,3 +109,5 @@ def test_egnn_evaluates_in_the_other_mode(tmp_path):
   assert evaluated['method_config']['transductive'] is False
   out = run('evaluate', f'--workdir={tmp_path}', '--episodes=0', check=False)
   assert out.returncode == 2 and 'eval_episodes must be at least 1' in out.stderr
+  out = run('evaluate', f'--workdir={tmp_path}', '--episodes=1', check=False)
+  one_line_error(out, 'eval_episodes must be at least 2')

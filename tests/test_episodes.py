@@ -93,13 +93,22 @@ def test_episode_keys_do_not_depend_on_how_they_are_batched():
 
 
 @pytest.mark.parametrize('spec, message', [
-  (ep.EpisodeSpec(13, 1, 1), 'A 13-way episode needs 13 distinct classes, but the 12 classes'),
+  (ep.EpisodeSpec(13, 1, 1), r'A 13-way episode \(way=13\) needs 13 distinct classes, but the 12'),
   (ep.EpisodeSpec(5, 5, 5, 1), '= 11 distinct examples per class are needed, but the classes'),
   (ep.EpisodeSpec(5, 0, 1), 'shot must be at least 1'),
 ])
 def test_impossible_episodes_are_clear_errors(spec, message):
   with pytest.raises(errors.EpisodeError, match=message):
     ep.DeviceEpisodes(_labelled_dataset(), spec, split='test')
+
+
+def test_episode_errors_name_the_test_fields():
+  with pytest.raises(errors.EpisodeError, match=r'\(test_way=13\).*of the val split \(validation '
+                     r'and test episodes both use the test_\* shape\).*lower test_way'):
+    ep.DeviceEpisodes(_labelled_dataset(), ep.EpisodeSpec(13, 1, 1), split='val',
+                      field_prefix='test_')
+  with pytest.raises(errors.EpisodeError, match='test_query must be at least 1'):
+    ep.DeviceEpisodes(_labelled_dataset(), ep.EpisodeSpec(3, 1, 0), field_prefix='test_')
 
 
 def test_device_source_normalises_and_keeps_static_shapes():

@@ -49,24 +49,37 @@ class EpisodeSpec:
   def examples_per_class(self) -> int:
     return self.shot + self.query + self.unlabeled_shot
 
-  def validate(self, num_classes: int, examples_per_class: int, split: str = '') -> None:
-    """Raises `EpisodeError` when a dataset cannot provide this episode."""
+  def validate(self, num_classes: int, examples_per_class: int, split: str = '',
+               prefix: str = '') -> None:
+    """Raises `EpisodeError` when a dataset cannot provide this episode.
+
+    Args:
+      num_classes, examples_per_class: what the split has (the smallest class).
+      split: the split's name, for the message.
+      prefix: the config fields' prefix, `''` (training episodes: `way`, ...) or
+        `'test_'` (validation and test episodes: `test_way`, ...), so the
+        message names the field to change.
+    """
     where = f' of the {split} split' if split else ''
+    if prefix == 'test_' and split:
+      where += ' (validation and test episodes both use the test_* shape)'
     for name in ('way', 'shot', 'query'):
       if getattr(self, name) < 1:
-        raise errors.EpisodeError(f'{name} must be at least 1, got {getattr(self, name)}.')
+        raise errors.EpisodeError(
+          f'{prefix}{name} must be at least 1, got {getattr(self, name)}.')
     if self.unlabeled_shot < 0:
-      raise errors.EpisodeError(f'unlabeled_shot must be >= 0, got {self.unlabeled_shot}.')
+      raise errors.EpisodeError(
+        f'{prefix}unlabeled_shot must be >= 0, got {self.unlabeled_shot}.')
     if self.way > num_classes:
       raise errors.EpisodeError(
-        f'A {self.way}-way episode needs {self.way} distinct classes, but the '
-        f'{num_classes} classes{where} are fewer; lower way.'
+        f'A {self.way}-way episode ({prefix}way={self.way}) needs {self.way} distinct classes, '
+        f'but the {num_classes} classes{where} are fewer; lower {prefix}way.'
       )
     if self.examples_per_class > examples_per_class:
       raise errors.EpisodeError(
-        f'shot + query + unlabeled_shot = {self.shot} + {self.query} + '
+        f'{prefix}shot + {prefix}query + {prefix}unlabeled_shot = {self.shot} + {self.query} + '
         f'{self.unlabeled_shot} = {self.examples_per_class} distinct examples per '
-        f'class are needed, but the classes{where} have {examples_per_class}.'
+        f'class are needed, but the classes{where} have {examples_per_class}; lower one of them.'
       )
 
 
@@ -195,10 +208,12 @@ class DeviceEpisodes:
   devices: list | None = None  # Default: all local devices.
   # Training sources only: `(key, [n, H, W, C] images in [0, 1]) -> images`.
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
+  field_prefix: str = ''  # Config fields of this shape, for errors: '' or 'test_'.
   needs_host_keys: bool = dataclasses.field(default=False, init=False)
 
   def __post_init__(self):
-    self.spec.validate(self.dataset.num_classes, self.dataset.examples_per_class, self.split)
+    self.spec.validate(self.dataset.num_classes, self.dataset.examples_per_class, self.split,
+                       self.field_prefix)
     self._images = parallel.replicate(self.dataset.images, self.devices)
 
   @property
@@ -236,10 +251,11 @@ class HostEpisodes:
   devices: list | None = None  # Default: all local devices.
   prefetch: int = 2  # Steps sampled ahead, in background threads.
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None  # As `DeviceEpisodes`.
+  field_prefix: str = ''  # As `DeviceEpisodes`.
   needs_host_keys: bool = dataclasses.field(default=True, init=False)
 
   def __post_init__(self):
-    self.spec.validate(self.num_classes, self.examples_per_class, self.split)
+    self.spec.validate(self.num_classes, self.examples_per_class, self.split, self.field_prefix)
     self.image_shape = tuple(self.load_class(0).shape[1:])
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     self._queue = collections.deque()

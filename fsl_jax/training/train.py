@@ -219,6 +219,7 @@ def _make_sources(config, splits, test: bool, devices):
   info = data_registry.get(config.dataset)
   spec = episode_spec(config, test=test)
   augment = None if test else augment_lib.from_config(config)  # Training episodes only.
+  prefix = 'test_' if test else ''
   sources = []
   for split in splits:
     dataset = data_registry.load_dataset(config.dataset, split, config.data_dir or None,
@@ -229,13 +230,13 @@ def _make_sources(config, splits, test: bool, devices):
           f'The {config.dataset} {split} split is read from a memory-mapped cache, not held '
           "on the devices; set --config.episode_sampling=host.")
       sources.append(episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, split,
-                                                 devices, augment=augment))
+                                                 devices, augment=augment, field_prefix=prefix))
     else:
       load_class = getattr(dataset, 'load_class', None) or (
         lambda c, images=dataset.images: images[c])
       sources.append(episodes_lib.HostEpisodes(
         load_class, dataset.num_classes, dataset.examples_per_class, spec, info.mean, info.std,
-        split, devices=devices, augment=augment))
+        split, devices=devices, augment=augment, field_prefix=prefix))
   return sources
 
 
@@ -270,10 +271,36 @@ RESUMABLE_CHANGES = frozenset({
 })
 
 
+def _check_workdir(workdir: str) -> None:
+  """One clear error for a workdir that cannot hold a run."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise config_lib.ConfigError(f'--workdir {workdir} is a file, not a folder; choose another '
+                                 'path.')
+  existing = workdir
+  while existing and not os.path.exists(existing):
+    existing = os.path.dirname(existing.rstrip(os.sep)) or ('.' if existing[0] != os.sep else '/')
+  if existing != workdir and os.path.exists(existing) and not os.path.isdir(existing):
+    raise config_lib.ConfigError(f'--workdir {workdir}: {existing} is a file, not a folder; '
+                                 'choose another path.')
+  if existing and not os.access(existing, os.W_OK | os.X_OK):
+    raise config_lib.ConfigError(f'--workdir {workdir}: {existing} is not writable; choose a '
+                                 '--workdir you can write to.')
+
+
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a saved training state (a run worth protecting)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
 def _check_resumable(config, workdir: str) -> None:
-  """Refuses to continue a workdir trained with another protocol."""
+  """Refuses to continue a workdir trained with another protocol.
+
+  A workdir without a checkpoint holds nothing to protect (e.g. a run that
+  stopped at a bad setting before training): its `config.json` is replaced.
+  """
   path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  if not os.path.isfile(path) or not has_checkpoint(workdir):
     return
   with open(path) as f:
     previous = config_lib.from_saved(json.load(f))
@@ -299,10 +326,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   start_time = time.time()
   config, model = build(config)
-  os.makedirs(workdir, exist_ok=True)
+  _check_workdir(workdir)
   _check_resumable(config, workdir)
-  write_json(os.path.join(workdir, 'config.json'), config.to_dict())
 
+  # Everything that can be checked (data present and decodable, episode shapes
+  # against split sizes) is checked before anything is written to `workdir`.
   devices = jax.local_devices()[: config.num_devices or None]
   per_device = config.meta_batch_size // len(devices)
   train_spec = episode_spec(config)
@@ -312,6 +340,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     (val_source,) = _make_sources(config, [config.val_split], True, devices)
     validate = Evaluator(model, val_source, num_episodes=config.val_episodes,
                          seed=config.eval_seed, per_device=config.eval_batch_size)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  except OSError as e:
+    raise config_lib.ConfigError(f'Cannot write to the workdir {workdir} ({e.strerror}); '
+                                 'choose a --workdir you can write to.') from None
 
   state = create_train_state(config, model, train_source.image_shape,
                              jax.random.PRNGKey(config.seed))
