@@ -12,6 +12,7 @@ from helpers import tiny_config, trained_state
 
 from fsl_jax import config as config_lib
 from fsl_jax.models import backbones
+from fsl_jax.training import checkpoint as checkpoint_lib
 from fsl_jax.training import train
 
 SHORT = dict(num_train_steps=4, eval_every=0, eval_episodes=8, checkpoint_every=2, log_every=1)
@@ -183,3 +184,35 @@ def test_meta_batch_batchnorm_pools_the_episodes_of_the_vmap():
   # Per-episode statistics (the default) differ.
   alone, _ = jax.vmap(lambda x: run(single, x))(images)
   assert not np.allclose(alone.reshape(12, -1), together, atol=1e-3)
+
+
+def _garble(folder):
+  """Overwrites the middle of every file under `folder` (a checkpoint step)."""
+  for root, _, files in os.walk(folder):
+    for name in files:
+      path = os.path.join(root, name)
+      size = os.path.getsize(path)
+      with open(path, 'r+b') as f:
+        f.seek(size // 3)
+        f.write(b'\x00garbled\xff' * max(1, size // 30))
+
+
+def test_a_corrupt_latest_checkpoint_falls_back_to_an_older_one(tmp_path, caplog):
+  config = tiny_config(num_devices=2, **{**SHORT, 'num_train_steps': 6})
+  train.train_and_evaluate(config, str(tmp_path / 'straight'))
+  train.train_and_evaluate(tiny_config(num_devices=2, **SHORT), str(tmp_path / 'resumed'))
+  _garble(tmp_path / 'resumed' / 'checkpoints' / '4')
+  with caplog.at_level('WARNING'):
+    resumed = train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+  assert 'checkpoints/4 is unreadable' in caplog.text
+  assert (tmp_path / 'resumed' / 'unreadable_checkpoints' / '4').is_dir()  # Kept, aside.
+  assert resumed['steps'] == 6
+  a = trained_state(config, str(tmp_path / 'straight'))
+  b = trained_state(config, str(tmp_path / 'resumed'))
+  jax.tree.map(np.testing.assert_array_equal, a.params, b.params)  # Steps 3-4 redone exactly.
+  # With every checkpoint unreadable: one clear error.
+  for step in os.listdir(tmp_path / 'resumed' / 'checkpoints'):
+    if step.isdigit():
+      _garble(tmp_path / 'resumed' / 'checkpoints' / step)
+  with pytest.raises(checkpoint_lib.CheckpointNotFoundError, match='None of the checkpoints'):
+    train.train_and_evaluate(config, str(tmp_path / 'resumed'))

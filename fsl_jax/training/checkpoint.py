@@ -7,10 +7,11 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 
 class CheckpointNotFoundError(FileNotFoundError):
-  """The checkpoint asked for does not exist."""
+  """The checkpoint asked for does not exist, or none of those kept is readable."""
 
 
 def _pack(state, best: dict) -> dict:
@@ -33,6 +34,7 @@ class Checkpoints:
   """
 
   def __init__(self, workdir: str, keep: int = 2):
+    self._workdir = os.path.abspath(workdir)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
     self._latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
                                          options=options)
@@ -46,12 +48,37 @@ class Checkpoints:
   def save_best(self, state, best: dict) -> None:
     self._best.save(best['step'], args=ocp.args.StandardSave(_pack(state, best)), force=True)
 
-  def restore_latest(self, state):
-    """Returns (state, best) from the latest checkpoint, or `state` unchanged."""
-    step = self._latest.latest_step()
-    if step is None:
+  def restore_latest(self, state, set_aside_unreadable: bool = False):
+    """Returns (state, best) from the newest readable checkpoint, or `state` unchanged.
+
+    A checkpoint that cannot be read (truncated, garbled) is skipped with a
+    warning naming it, and the next older one is tried; only when checkpoints
+    exist and none is readable is it an error. With `set_aside_unreadable` (a
+    run about to train on), the unreadable ones are moved to
+    `workdir/unreadable_checkpoints/` so that the steps can be saved again.
+    """
+    steps = sorted(self._latest.all_steps(), reverse=True)
+    if not steps:
       return state, {'accuracy': -1.0, 'step': 0}
-    return self._restore(self._latest, step, state)
+    bad = []
+    for step in steps:
+      try:
+        restored = self._restore(self._latest, step, state)
+      except Exception as e:  # noqa: BLE001 (Orbax and tensorstore raise many kinds)
+        bad.append(step)
+        logging.warning('Checkpoint %s is unreadable (%s: %s); trying an older one.',
+                        self._step_dir(self._latest, step), type(e).__name__,
+                        str(e).splitlines()[0][:200] if str(e) else '')
+        continue
+      if bad:
+        logging.warning('Resuming from step %d: the newer checkpoint(s) %s could not be read.',
+                        step, bad)
+        if set_aside_unreadable:
+          self._set_aside(bad)
+      return restored
+    raise CheckpointNotFoundError(
+      f'None of the checkpoints in {self._latest.directory} (steps {steps}) is readable. '
+      'Delete the folder to train from scratch, or restore it from a copy.')
 
   def restore_best(self, state, step: int | None = None):
     """Returns the best-validation state saved at `step` (default: the newest)."""
@@ -60,7 +87,12 @@ class Checkpoints:
     if step is None or step not in self._best.all_steps():
       raise CheckpointNotFoundError(f'No best-validation checkpoint at step {step} in '
                                     f'{self._best.directory}.')
-    return self._restore(self._best, step, state)[0]
+    try:
+      return self._restore(self._best, step, state)[0]
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointNotFoundError(
+        f'The best-validation checkpoint {self._step_dir(self._best, step)} is unreadable '
+        f'({type(e).__name__}); evaluate --checkpoint=latest instead, or retrain.') from None
 
   def prune_best(self, best_step: int) -> None:
     """Deletes best-validation saves newer than `best_step`.
@@ -73,6 +105,23 @@ class Checkpoints:
     for step in self._best.all_steps():
       if step > best_step:
         self._best.delete(step)
+
+  def _set_aside(self, steps) -> None:
+    target = os.path.join(self._workdir, 'unreadable_checkpoints')
+    os.makedirs(target, exist_ok=True)
+    for step in steps:
+      destination = os.path.join(target, str(step))
+      suffix = 0
+      while os.path.exists(destination):
+        suffix += 1
+        destination = os.path.join(target, f'{step}.{suffix}')
+      os.replace(self._step_dir(self._latest, step), destination)
+      logging.warning('Moved the unreadable checkpoint of step %d to %s.', step, destination)
+    self._latest.reload()
+
+  @staticmethod
+  def _step_dir(manager, step) -> str:
+    return os.path.join(str(manager.directory), str(step))
 
   @staticmethod
   def _restore(manager, step, state):

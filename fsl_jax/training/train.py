@@ -352,7 +352,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
   # Resume order: the latest checkpoint in workdir if there is one, else a fresh
   # state; the best validation score travels with it.
-  state, best = ckpt.restore_latest(state)
+  state, best = ckpt.restore_latest(state, set_aside_unreadable=True)
   ckpt.prune_best(best['step'])
   start_step = int(state.step)
   if start_step:
