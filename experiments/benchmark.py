@@ -7,11 +7,16 @@
 """
 
 import json
+import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import common
+if not __package__:  # Run as a script (`python experiments/NAME.py`): the repo on the path.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file.', lock_config=True)

@@ -9,12 +9,17 @@ needs.
 """
 
 import json
+import os
+import sys
 import time
 
 import numpy as np
 from absl import app, flags
 
-from experiments import common
+if not __package__:  # Run as a script (`python experiments/NAME.py`): the repo on the path.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('dataset', None, 'A registered dataset name.')

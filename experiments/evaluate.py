@@ -7,10 +7,15 @@
 """
 
 import json
+import os
+import sys
 
 from absl import app, flags
 
-from experiments import common
+if not __package__:  # Run as a script (`python experiments/NAME.py`): the repo on the path.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'A training workdir.')

@@ -4,10 +4,16 @@
       --workdir=runs/protonet --config.data_dir=../shared/data
 """
 
+import os
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from experiments import common
+if not __package__:  # Run as a script (`python experiments/NAME.py`): the repo on the path.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, summaries and results.json.')

@@ -111,3 +111,12 @@ def test_egnn_evaluates_in_the_other_mode(tmp_path):
   assert out.returncode == 2 and 'eval_episodes must be at least 1' in out.stderr
   out = run('evaluate', f'--workdir={tmp_path}', '--episodes=1', check=False)
   one_line_error(out, 'eval_episodes must be at least 2')
+
+
+@pytest.mark.parametrize('binary', ['train', 'evaluate', 'benchmark', 'dataset_stats'])
+def test_binaries_run_as_scripts_from_anywhere(tmp_path, binary):
+  # `python experiments/train.py`, the form the docstrings use, from another folder.
+  result = subprocess.run([sys.executable, str(REPO / 'experiments' / f'{binary}.py'), '--help'],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
+  assert result.returncode == 0, result.stderr[-2000:]
