@@ -91,12 +91,13 @@ def user_errors():
   """Turns configuration and data errors into one clear line and exit status 2."""
   from fsl_jax.config import ConfigError
   from fsl_jax.data.errors import DataError
-  from fsl_jax.training.checkpoint import CheckpointNotFoundError
+  from fsl_jax.training.checkpoint import CheckpointNotFoundError, WorkdirBusyError
   from fsl_jax.training.train import NonFiniteLossError
 
   try:
     yield
-  except (ConfigError, DataError, NonFiniteLossError, CheckpointNotFoundError) as e:
+  except (ConfigError, DataError, NonFiniteLossError, CheckpointNotFoundError,
+          WorkdirBusyError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
 

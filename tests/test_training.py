@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import chex
@@ -216,3 +217,22 @@ def test_a_corrupt_latest_checkpoint_falls_back_to_an_older_one(tmp_path, caplog
       _garble(tmp_path / 'resumed' / 'checkpoints' / step)
   with pytest.raises(checkpoint_lib.CheckpointNotFoundError, match='None of the checkpoints'):
     train.train_and_evaluate(config, str(tmp_path / 'resumed'))
+
+
+def test_a_second_run_in_the_same_workdir_is_refused(tmp_path):
+  config = tiny_config(num_devices=1, **{**SHORT, 'num_train_steps': 2})
+  os.makedirs(tmp_path / 'w')
+  with checkpoint_lib.workdir_lock(str(tmp_path / 'w')):  # As a running process holds it.
+    with pytest.raises(checkpoint_lib.WorkdirBusyError, match=r'in use by another run \(pid'):
+      train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w' / 'config.json').exists()  # The busy run's files are untouched.
+  train.train_and_evaluate(config, str(tmp_path / 'w'))  # Released: the run goes ahead.
+
+
+def test_evaluation_reports_progress_with_an_eta(tmp_path, caplog, monkeypatch):
+  monkeypatch.setattr(train.Evaluator, 'report_every_s', 0.0)
+  config = tiny_config(num_devices=1, eval_batch_size=5, **{**SHORT, 'num_train_steps': 1,
+                                                             'eval_episodes': 20})
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert re.search(r'Evaluated 10/20 test episodes, [\d.]+ episodes/s, ETA \dm\d\ds', caplog.text)

@@ -2,12 +2,43 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another process is training in the same workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str):
+  """Holds `workdir/.lock` for a run; a second run in the same workdir is refused.
+
+  An `flock` lock: the operating system releases it when the holding process
+  ends in any way, so a killed run never leaves the workdir locked.
+  """
+  path = os.path.join(workdir, '.lock')
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.pread(fd, 200, 0).decode(errors='replace').strip() or 'another process'
+      raise WorkdirBusyError(
+        f'{workdir} is in use by another run ({holder}); wait for it to end, or use another '
+        '--workdir.') from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f'pid {os.getpid()}, since {time.strftime("%Y-%m-%d %H:%M:%S")}'.encode(), 0)
+    yield
+  finally:
+    os.close(fd)  # Releases the lock.
 
 
 class CheckpointNotFoundError(FileNotFoundError):

@@ -191,6 +191,8 @@ class Evaluator:
   call is padded with extra episodes whose results are dropped.
   """
 
+  report_every_s = 30.0  # Seconds between progress lines.
+
   def __init__(self, model, source, *, num_episodes: int, seed: int, per_device: int):
     self.source, self.num_episodes = source, num_episodes
     devices = source.devices or jax.local_devices()
@@ -205,11 +207,20 @@ class Evaluator:
     """Returns the accuracy summary and the mean loss; `variables` are replicated."""
     per_call = self.devices * self.per_device
     outputs = []
+    start = last_report = time.time()
     for first in range(0, self.num_episodes, per_call):
       keys = None
       if self.source.needs_host_keys:
         keys = host_episode_keys(self.key, first, self.devices, self.per_device)
       outputs.append(self._step(variables, self.source.step_inputs(keys), first))
+      if time.time() - last_report > self.report_every_s:  # A progress line, with an ETA.
+        jax.block_until_ready(outputs[-1])
+        done = min(first + per_call, self.num_episodes)
+        now = last_report = time.time()
+        rate = done / (now - start)
+        logging.info('Evaluated %d/%d %s episodes, %.1f episodes/s, ETA %s.', done,
+                     self.num_episodes, self.source.split or '', rate,
+                     _duration((self.num_episodes - done) / rate))
     accuracy, loss = (np.concatenate([np.asarray(o[i]).reshape(-1) for o in outputs])
                       [: self.num_episodes] for i in range(2))
     return metrics_lib.summarize(accuracy), float(loss.mean())
@@ -332,20 +343,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Everything that can be checked (data present and decodable, episode shapes
   # against split sizes) is checked before anything is written to `workdir`.
   devices = jax.local_devices()[: config.num_devices or None]
-  per_device = config.meta_batch_size // len(devices)
-  train_spec = episode_spec(config)
   (train_source,) = _make_sources(config, [config.train_split], False, devices)
   (test_source,) = _make_sources(config, [config.test_split], True, devices)
   if config.eval_every:
     (val_source,) = _make_sources(config, [config.val_split], True, devices)
     validate = Evaluator(model, val_source, num_episodes=config.val_episodes,
                          seed=config.eval_seed, per_device=config.eval_batch_size)
+  else:
+    validate = None
   try:
     os.makedirs(workdir, exist_ok=True)
-    write_json(os.path.join(workdir, 'config.json'), config.to_dict())
   except OSError as e:
     raise config_lib.ConfigError(f'Cannot write to the workdir {workdir} ({e.strerror}); '
                                  'choose a --workdir you can write to.') from None
+  with checkpoint_lib.workdir_lock(workdir):
+    write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    return _train(config, model, workdir, devices, train_source, test_source, validate,
+                  start_time)
+
+
+def _train(config, model, workdir, devices, train_source, test_source, validate, start_time):
+  """The training loop of `train_and_evaluate`, with `workdir` locked."""
+  per_device = config.meta_batch_size // len(devices)
+  train_spec = episode_spec(config)
 
   state = create_train_state(config, model, train_source.image_shape,
                              jax.random.PRNGKey(config.seed))
@@ -430,6 +450,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                          wall_time_s=time.time() - start_time, train_time_s=train_time)
   write_json(os.path.join(workdir, 'results.json'), results)
   return results
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
+    f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 def _eval_variables(p_state) -> dict:
