@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
   # BatchNorm statistics in training: 'episode' (each episode its own) or
   # 'meta_batch' (pooled over all episodes of the step, on all devices).
   c.batchnorm_stats = 'episode'
+  # Running variances from the unbiased batch variance (PyTorch's rule, which the
+  # reference implementations train with) instead of the biased one (flax's).
+  c.batchnorm_unbiased_running_var = False
   # The backbone's compute dtype: 'float32' or 'bfloat16' (parameters, BatchNorm
   # statistics, and everything after the embedding stay float32).
   c.compute_dtype = 'float32'

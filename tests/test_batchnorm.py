@@ -126,3 +126,31 @@ def test_parameter_gradients_over_devices_add_up_to_the_single_call_gradient():
   np.testing.assert_allclose(pooled_grads[0].sum(0), want[0], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(pooled_grads[1].sum(0), want[1], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(pooled_grads[2], want[2], rtol=1e-4, atol=1e-4)
+
+
+def test_unbiased_running_variance_by_hand():
+  # One channel, values 1, 2, 3, 6 split over a vmapped axis of 2 calls: n = 4,
+  # mean 3, biased variance 14 / 4 = 3.5, unbiased 14 / 3. Momentum 0.9 from var 1.
+  x = jnp.array([1., 2., 3., 6.]).reshape(2, 2, 1)
+  for unbiased, want in ((False, 0.9 + 0.1 * 3.5), (True, 0.9 + 0.1 * 14 / 3)):
+    bn = batchnorm.BatchNorm(axis_name='b', momentum=0.9, unbiased_running_var=unbiased)
+    variables = bn.init(jax.random.PRNGKey(0), x[0])
+    _, updates = jax.vmap(lambda v, bn=bn, variables=variables: bn.apply(
+      variables, v, mutable=['batch_stats']),
+                          axis_name='b')(x)
+    np.testing.assert_allclose(updates['batch_stats']['var'][0], [want], rtol=1e-6)
+    np.testing.assert_allclose(updates['batch_stats']['mean'][0], [0.9 * 0 + 0.1 * 3], rtol=1e-6)
+
+
+def test_config_field_reaches_every_batchnorm():
+  from fsl_jax import config as config_lib
+  from fsl_jax.models import backbones
+
+  config = config_lib.base_config()
+  config.batchnorm_stats, config.batchnorm_unbiased_running_var = 'meta_batch', True
+  spec = backbones.bn_axis(config)
+  assert spec == backbones.BatchNormSpec(('episodes', 'devices'), True)
+  assert backbones.batch_norm(True, spec).unbiased_running_var
+  assert backbones.batch_norm(True, spec).axis_name == ('episodes', 'devices')
+  config.batchnorm_unbiased_running_var = False
+  assert not backbones.batch_norm(True, backbones.bn_axis(config)).unbiased_running_var

@@ -101,6 +101,48 @@ def test_loss_by_hand():
                              rtol=1e-6)
 
 
+def test_loss_with_the_reference_self_edges_by_hand():
+  # The same graph with `self_edges`: the two queries' diagonal edges join the
+  # positives. With the diagonal at 1 - 1e-6 (as the layers leave it), the positive
+  # mean keeps its sum and gains 2 in its denominator: 4 / 6 of the term above.
+  labels = jnp.array([0, 1, -1, 1, 0])
+  is_query = jnp.array([False, False, False, True, True])
+  mask, same = egnn.loss_edges(labels, is_query, self_edges=True)
+  without, _ = egnn.loss_edges(labels, is_query)
+  np.testing.assert_array_equal(mask & ~without, np.diag([0, 0, 0, 1, 1]).astype(bool))
+  p = np.full((5, 5), 0.5)
+  p[3, 1] = p[1, 3] = 0.8
+  p[4, 0] = p[0, 4] = 0.4
+  p[3, 0] = p[0, 3] = 0.25
+  np.fill_diagonal(p, 1 - 1e-6)
+  edges = jnp.stack([jnp.array(p), jnp.array(1 - p)], axis=-1)
+  pos = -(2 * np.log(.8) + 2 * np.log(.4) + 2 * np.log(1 - 1e-6)) / 6
+  neg = -(2 * np.log(.75) + 4 * np.log(.5)) / 6
+  np.testing.assert_allclose(egnn.balanced_edge_loss(edges, mask, same), pos + neg, rtol=1e-6)
+
+
+def test_self_edges_apply_to_transductive_graphs_only():
+  from helpers import load_config
+
+  from fsl_jax.training import train
+
+  for transductive in (True, False):
+    config = load_config('egnn_omniglot', 'tiny')
+    config.loss_self_edges, config.transductive = True, transductive
+    _, model = train.build(config)
+    assert model.loss_self_edges
+    spec = train.episode_spec(config)
+    episode = train.dummy_episode(spec, (28, 28, 1))
+    variables = model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
+                           episode.support_images, episode.support_labels, episode.query_images,
+                           way=spec.way, train=False)
+    outputs = model.apply(variables, episode.support_images, episode.support_labels,
+                          episode.query_images, way=spec.way, train=False)
+    loss, _ = model.loss(outputs, episode)
+    plain, _ = model.clone(loss_self_edges=False).loss(outputs, episode)
+    assert (float(loss) != float(plain)) == transductive
+
+
 def test_loss_has_no_nan_at_zero_or_one():
   edges = jnp.array([[[1., 0.], [0., 1.]], [[1., 0.], [1., 0.]]])  # A wrong, certain edge.
   mask = jnp.array([[False, True], [True, False]])

@@ -41,7 +41,8 @@ def get_config(variant: str = '5way1shot'):
   config.edge_features = 96
   config.graph_dropout = 0.0
   config.edge_loss_weights = (0.5, 0.5, 1.0)
-  # As the reference, which feeds the meta-batch to BatchNorm as one batch: a
+  # Pooled over the meta-batch, as the reference's graph layers see it (its
+  # embedding's statistics come per node position instead: not implemented yet). A
   # 5-way 1-shot episode has only 10 images and 10 graph nodes, too few for
   # per-episode statistics (they made evaluation with running averages ~10 points
   # worse than training in our first run).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -21,16 +22,36 @@ BatchNorm = functools.partial(batchnorm.BatchNorm, momentum=0.9, epsilon=1e-5)
 EPISODES = 'episodes'
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchNormSpec:
+  """A `bn_axis` that also sets how running variances are updated.
+
+  Attributes:
+    axis: the named axes the training statistics pool over (as a plain `bn_axis`).
+    unbiased_running_var: update the running variance with the unbiased batch
+      variance (n / (n - 1) times the biased one), as PyTorch does; the biased
+      one (flax's choice) otherwise. Normalisation in training uses the biased
+      variance either way, as both libraries do.
+  """
+
+  axis: Any = None
+  unbiased_running_var: bool = False
+
+
 def batch_norm(train: bool, bn_axis, **kwargs) -> batchnorm.BatchNorm:
   """BatchNorm whose training statistics also pool over the named axes `bn_axis`.
 
   `bn_axis=None` normalises with the statistics of the call alone (one episode,
   as the model is vmapped over episodes); `('episodes', 'devices')` pools them
   over the whole meta-batch, as a PyTorch model that sees the meta-batch as one
-  batch does. Evaluation always uses the running averages.
+  batch does. A `BatchNormSpec` gives the axes and the running-variance rule.
+  Evaluation always uses the running averages.
   """
+  unbiased = False
+  if isinstance(bn_axis, BatchNormSpec):
+    bn_axis, unbiased = bn_axis.axis, bn_axis.unbiased_running_var
   return BatchNorm(use_running_average=not train, axis_name=bn_axis if train else None,
-                   **kwargs)
+                   unbiased_running_var=unbiased, **kwargs)
 
 
 class ConvBlock(nn.Module):
@@ -245,8 +266,12 @@ BACKBONES = {
 
 
 def bn_axis(config):
-  """The `bn_axis` of a config's `batchnorm_stats`: 'episode' or 'meta_batch'."""
-  return None if config.batchnorm_stats == 'episode' else (EPISODES, parallel.AXIS)
+  """The `bn_axis` of a config's `batchnorm_stats` ('episode' or 'meta_batch') and
+  `batchnorm_unbiased_running_var`."""
+  axis = None if config.batchnorm_stats == 'episode' else (EPISODES, parallel.AXIS)
+  if config.get('batchnorm_unbiased_running_var', False):
+    return BatchNormSpec(axis, unbiased_running_var=True)
+  return axis
 
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}

@@ -190,6 +190,9 @@ class BatchNorm(nn.Module):
     momentum: running average `r <- momentum * r + (1 - momentum) * batch`.
     epsilon: added to the variance.
     use_bias, use_scale: learn a shift and a scale.
+    unbiased_running_var: update the running variance with the unbiased batch
+      variance, `n / (n - 1)` times the biased one (PyTorch's rule), where `n`
+      counts the values per channel over the call and the pooled axes.
     max_pool: follow the normalisation with a 2x2 max-pool (stride 2, 'VALID'),
       computed as `normalize_max_pool` in training and by pooling before the
       affine map in evaluation: the same values as BatchNorm then pooling, with
@@ -203,6 +206,7 @@ class BatchNorm(nn.Module):
   use_bias: bool = True
   use_scale: bool = True
   max_pool: bool = False
+  unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -224,6 +228,11 @@ class BatchNorm(nn.Module):
     op = normalize_max_pool if self.max_pool else normalize
     y, mean, var = op(x, scale, bias, axis_name, self.epsilon)
     if not self.is_initializing():
+      if self.unbiased_running_var:
+        n = x.size // x.shape[-1]
+        if axis_name is not None:
+          n = n * jax.lax.psum(1, axis_name)
+        var = var * (n / jnp.maximum(n - 1, 1))
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y

@@ -138,21 +138,28 @@ def readout(query_edges: jax.Array, support_labels: jax.Array, way: int) -> jax.
   return query_edges @ jax.nn.one_hot(support_labels, way, dtype=query_edges.dtype)
 
 
-def loss_edges(labels: jax.Array, is_query: jax.Array) -> tuple[jax.Array, jax.Array]:
+def loss_edges(labels: jax.Array, is_query: jax.Array,
+               self_edges: bool = False) -> tuple[jax.Array, jax.Array]:
   """Which edges of one graph the loss sees, and their targets.
 
   Args:
     labels: `[N]` node labels as the loss knows them: queries' true labels, -1
       for unlabelled supports.
     is_query: `[N]` bool.
+    self_edges: also count each query's edge to itself (a positive). The
+      reference code's transductive mask does: its query-edge mask is all ones
+      outside the support block, diagonal included. Those edges are fixed at
+      about [1, 0], so their loss is about 1e-6 and they only enlarge the
+      positive mean's denominator.
 
   Returns:
-    `([N, N] bool mask, [N, N] bool same-class target)`: the off-diagonal edges
-    with a query endpoint whose two labels are known.
+    `([N, N] bool mask, [N, N] bool same-class target)`: the edges with a query
+    endpoint whose two labels are known, off the diagonal (unless `self_edges`).
   """
   known = labels >= 0
   mask = (is_query[:, None] | is_query[None, :]) & known[:, None] & known[None, :]
-  mask &= ~jnp.eye(labels.shape[0], dtype=bool)
+  eye = jnp.eye(labels.shape[0], dtype=bool)
+  mask &= ~eye | (self_edges & is_query[:, None] & eye)
   return mask, labels[:, None] == labels[None, :]
 
 
@@ -313,6 +320,7 @@ class EGNN(FewShotMethod):
   gnn: EdgeLabelingGNN
   transductive: bool = True
   edge_loss_weights: tuple[float, ...] = (0.5, 0.5, 1.0)
+  loss_self_edges: bool = False  # See `loss_edges`; transductive graphs only.
 
   SUPPORTS_UNLABELED = True
   CONFIG_DEFAULTS = {
@@ -324,6 +332,8 @@ class EGNN(FewShotMethod):
     'graph_dropout': 0.1,  # Reference: 0.1 on miniImageNet, 0 on tieredImageNet.
     'edge_loss_weights': (0.5, 0.5, 1.0),
     'scan_unroll': 1,  # Graph layers per scan iteration; see `EdgeLabelingGNN.unroll`.
+    # The reference's transductive loss counts each query's self-edge (`loss_edges`).
+    'loss_self_edges': False,
   }
 
   @classmethod
@@ -339,7 +349,8 @@ class EGNN(FewShotMethod):
     gnn = EdgeLabelingGNN(config.num_layers, config.node_features, config.edge_features,
                           config.graph_dropout, bn_axis, config.scan_unroll)
     return cls(backbone=backbones.from_config(config), gnn=gnn,
-               transductive=bool(config.transductive), edge_loss_weights=weights)
+               transductive=bool(config.transductive), edge_loss_weights=weights,
+               loss_self_edges=bool(config.loss_self_edges))
 
   @nn.compact
   def __call__(self, support_images, support_labels, query_images, unlabeled_images=None,
@@ -395,7 +406,8 @@ class EGNN(FewShotMethod):
       labels = jnp.concatenate([per_query, episode.query_labels[:, None]], axis=1)
       queries = 1
     is_query = jnp.arange(labels.shape[1]) >= labels.shape[1] - queries
-    mask, same = jax.vmap(loss_edges, in_axes=(0, None))(labels, is_query)
+    self_edges = self.loss_self_edges and self.transductive
+    mask, same = jax.vmap(loss_edges, in_axes=(0, None, None))(labels, is_query, self_edges)
     per_layer = jax.vmap(balanced_edge_loss, in_axes=(0, None, None))(edges, mask, same)
     weights = jnp.asarray(self.edge_loss_weights, per_layer.dtype)
     metrics = {f'edge_loss_layer{i + 1}': per_layer[i] for i in range(per_layer.shape[0])}
