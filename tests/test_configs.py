@@ -18,7 +18,7 @@ VARIANTS = {
 
 
 def test_every_config_file_is_listed():
-  names = {p.stem for p in CONFIGS.glob('*.py') if p.stem != '__init__'}
+  names = {p.stem for p in CONFIGS.glob('*.py') if not p.stem.startswith('_')}
   assert names == set(VARIANTS), 'Add the new config and its variants to VARIANTS.'
 
 

@@ -16,40 +16,8 @@ Measured here (1000 fixed test episodes, 95% CI): see README.md, Results, for
 the runs made so far, their (short) schedules and commands.
 """
 
-from fsl_jax import config as config_lib
+from experiments.configs import _protonet
 
 
 def get_config(variant: str = '5shot'):
-  config = config_lib.base_config()
-  config.method = 'protonet'
-  config.backbone = 'conv4'
-  config.dataset = 'mini_imagenet'
-  config.query = 15
-  config.meta_batch_size = 1
-  config.test_way = 5
-  config.test_query = 15
-  config.num_train_steps = 20_000
-  config.learning_rate = 1e-3
-  config.lr_decay_every = 2_000
-  config.lr_decay_factor = 0.5
-  config.eval_every = 1_000
-  config.val_episodes = 500
-  config.eval_episodes = 1_000
-  config.eval_batch_size = 25
-  if variant == '1shot':
-    config.way, config.shot, config.test_shot = 30, 1, 1
-  elif variant in ('', '5shot'):
-    config.way, config.shot, config.test_shot = 20, 5, 5
-  elif variant == 'tiny':  # A minute on a CPU; for tests.
-    config.way, config.shot, config.query = 5, 1, 3
-    config.test_shot, config.test_query = 1, 3
-    config.num_train_steps = 30
-    config.log_every = 10
-    config.eval_every = 15
-    config.checkpoint_every = 15
-    config.val_episodes = 20
-    config.eval_episodes = 40
-    config.eval_batch_size = 10
-  else:
-    raise ValueError(f"Unknown variant {variant!r}; use '1shot', '5shot' or 'tiny'.")
-  return config
+  return _protonet.get_config('mini_imagenet', variant)

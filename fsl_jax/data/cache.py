@@ -42,6 +42,26 @@ def data_root(data_dir: str | None) -> str | None:
   return os.path.expanduser(data_dir) if data_dir else None
 
 
+def dataset_folder(data_dir: str | None, name: str, label: str, help_text: str,
+                   download: bool = False) -> str:
+  """`<data root>/<name>`, or a `DatasetNotFoundError` that says where to put it.
+
+  For datasets that cannot be downloaded automatically (ImageNet's terms of
+  access); `download=True` only adds that to the message.
+  """
+  data_root_dir = data_root(data_dir)
+  if data_root_dir is None:
+    raise errors.DatasetNotFoundError(
+      f'{label} needs a data dir: pass --config.data_dir=DIR (or set ${ENV_DATA_DIR}), where '
+      f'DIR/{name}/ holds it. {help_text}')
+  folder = os.path.join(data_root_dir, name)
+  if not os.path.isdir(folder):
+    why = ' It cannot be downloaded automatically (ImageNet terms of access).' if download else ''
+    raise errors.DatasetNotFoundError(f'{label} not found: {folder} does not exist.{why} '
+                                      f'{help_text}')
+  return folder
+
+
 def content_fingerprint(paths: Iterable[str]) -> str:
   """A short hash of the bytes of `paths`, in the given order."""
   digest = hashlib.sha256()

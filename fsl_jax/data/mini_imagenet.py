@@ -92,17 +92,7 @@ def detect_layout(root: str, split: str) -> str | None:
 
 
 def _root(data_dir: str | None, download: bool) -> str:
-  data_root = cache_lib.data_root(data_dir)
-  if data_root is None:
-    raise errors.DatasetNotFoundError(
-      'miniImageNet needs a data dir: pass --config.data_dir=DIR (or set '
-      f'${cache_lib.ENV_DATA_DIR}), where DIR/{NAME}/ holds the images. ' + _LAYOUT_HELP)
-  root = os.path.join(data_root, NAME)
-  if not os.path.isdir(root):
-    why = ' It cannot be downloaded automatically (ImageNet terms of access).' if download else ''
-    raise errors.DatasetNotFoundError(f'miniImageNet not found: {root} does not exist.{why} '
-                                      + _LAYOUT_HELP)
-  return root
+  return cache_lib.dataset_folder(data_dir, NAME, 'miniImageNet', _LAYOUT_HELP, download)
 
 
 _LAYOUT_HELP = (

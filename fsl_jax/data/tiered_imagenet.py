@@ -75,16 +75,8 @@ _HELP = ('Expected <data_dir>/tiered_imagenet/{train,val,test}_images_png.pkl an
          f'--config.data_dir=DIR or set ${cache_lib.ENV_DATA_DIR}.')
 
 
-def _root(data_dir, download) -> str:
-  data_root = cache_lib.data_root(data_dir)
-  if data_root is None:
-    raise errors.DatasetNotFoundError('tieredImageNet needs a data dir. ' + _HELP)
-  root = os.path.join(data_root, NAME)
-  if not os.path.isdir(root):
-    why = ' It cannot be downloaded automatically (ImageNet terms of access).' if download else ''
-    raise errors.DatasetNotFoundError(f'tieredImageNet not found: {root} does not exist.{why} '
-                                      + _HELP)
-  return root
+def _root(data_dir: str | None, download: bool) -> str:
+  return cache_lib.dataset_folder(data_dir, NAME, 'tieredImageNet', _HELP, download)
 
 
 def _unpickle(path: str):
