@@ -12,8 +12,10 @@ colon): `1shot`, `5shot` (default), `tiny` (for tests).
       --workdir=runs/protonet_mini_imagenet_5shot --config.data_dir=../shared/data
 
 Paper: 5-way 1-shot 49.42 +- 0.78, 5-way 5-shot 68.20 +- 0.66.
-Measured here (1000 fixed test episodes, 95% CI): see README.md, Results, for
-the runs made so far, their (short) schedules and commands.
+Measured here (1000 fixed test episodes, 95% CI), a short schedule:
+  5shot, 1000 steps (5% of the default): 5-way 5-shot 49.83 +- 0.53
+  (`--config.num_train_steps=1000`; the exact commands and files: README.md,
+  Results: ProtoNet, miniImageNet). 1shot: not measured.
 """
 
 from experiments.configs import _protonet
