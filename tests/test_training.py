@@ -136,8 +136,12 @@ def test_bad_configs_are_clear_errors(overrides, message):
 
 
 def test_impossible_test_episode_is_a_clear_error(tmp_path):
-  with pytest.raises(Exception, match='A 2000-way episode needs 2000 distinct classes'):
-    train.train_and_evaluate(tiny_config(test_way=2000, **SHORT), str(tmp_path))
+  from fsl_jax.data import errors
+
+  with pytest.raises(errors.EpisodeError,
+                     match=r'A 2000-way episode \(test_way=2000\) needs 2000 distinct classes'):
+    train.train_and_evaluate(tiny_config(test_way=2000, **SHORT), str(tmp_path / 'w'))
+  assert not (tmp_path / 'w').exists()  # Nothing written before the check.
 
 
 @pytest.mark.slow
