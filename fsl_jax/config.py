@@ -90,6 +90,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every = 1_000  # Validation period in steps (0: no validation).
   c.checkpoint_every = 1_000
   c.keep_checkpoints = 2
+  # A logged training loss above divergence_factor times the first logged one
+  # is a divergence (0: no check): a warning, or with stop_on_divergence the end
+  # of the run with one line.
+  c.divergence_factor = 1e3
+  c.stop_on_divergence = False
   return c
 
 

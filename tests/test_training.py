@@ -240,3 +240,16 @@ def test_evaluation_reports_progress_with_an_eta(tmp_path, caplog, monkeypatch):
   with caplog.at_level('INFO'):
     train.train_and_evaluate(config, str(tmp_path))
   assert re.search(r'Evaluated 10/20 test episodes, [\d.]+ episodes/s, ETA \dm\d\ds', caplog.text)
+
+
+def test_an_exploding_but_finite_loss_is_a_divergence(tmp_path, caplog):
+  # Adam with a huge step: the loss grows by orders of magnitude and stays finite.
+  config = tiny_config(num_devices=1, learning_rate=1e6, **SHORT)
+  with caplog.at_level('WARNING'):
+    train.train_and_evaluate(config, str(tmp_path / 'warn'))
+  assert 'training has diverged' in caplog.text
+  config.stop_on_divergence = True
+  with pytest.raises(train.DivergedError, match=r'steps 2-2 is .* divergence_factor=1000'):
+    train.train_and_evaluate(config, str(tmp_path / 'stop'))
+  config = tiny_config(num_devices=1, stop_on_divergence=True, **SHORT)
+  train.train_and_evaluate(config, str(tmp_path / 'fine'))  # A normal run is not flagged.

@@ -46,6 +46,10 @@ class NonFiniteLossError(FloatingPointError):
   """Training produced a NaN or infinite loss."""
 
 
+class DivergedError(NonFiniteLossError):
+  """The training loss grew by `divergence_factor` over its first logged value."""
+
+
 class TrainState(train_state.TrainState):
   """Flax TrainState plus BatchNorm statistics and the training key."""
 
@@ -275,10 +279,28 @@ def _check_finite(pending: list, first_step: int) -> list[dict]:
   return rows
 
 
+def _check_divergence(config, loss: float, early: float, first: int, last: int) -> None:
+  """Warns (or with `stop_on_divergence`, stops) when the loss has exploded.
+
+  With Adam a far too large learning rate makes the loss grow by orders of
+  magnitude and stay finite, so the non-finite check never fires.
+  """
+  factor = config.divergence_factor
+  if not factor or loss <= factor * max(abs(early), 1e-8):
+    return
+  message = (f'The training loss over steps {first}-{last} is {loss:.3g}, more than '
+             f'divergence_factor={factor:g} times its first logged value ({early:.3g}): training '
+             'has diverged. Lower learning_rate.')
+  if config.stop_on_divergence:
+    raise DivergedError(message + ' The last checkpoint holds an earlier state.')
+  logging.warning('%s (Set stop_on_divergence=True to stop instead.)', message)
+
+
 # Fields that may change when a run is resumed: they do not change what is trained.
 RESUMABLE_CHANGES = frozenset({
   'num_train_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
   'eval_episodes', 'eval_batch_size', 'data_dir', 'cache_dir', 'download', 'num_devices',
+  'divergence_factor', 'stop_on_divergence',
 })
 
 
@@ -405,12 +427,19 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
   report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
   pending, pending_from = [], start_step
 
+  early_loss = None  # The mean loss of the first logged window of this process.
+
   def flush(step):
     """Checks and writes the metrics of the steps since the last flush."""
-    nonlocal pending, pending_from
+    nonlocal pending, pending_from, early_loss
     if pending:
       rows = _check_finite(pending, pending_from)
-      writer.write_scalars(step, {f'train/{k}': np.mean([r[k] for r in rows]) for k in rows[0]})
+      means = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+      writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+      if early_loss is None:
+        early_loss = means['loss']
+      else:
+        _check_divergence(config, means['loss'], early_loss, pending_from + 1, step)
     pending, pending_from = [], step
 
   train_start = time.time()
