@@ -40,6 +40,10 @@ class ClassMajorDataset:
   def image_shape(self) -> tuple[int, int, int]:
     return tuple(self.images.shape[2:])
 
+  def load_class(self, c: int) -> np.ndarray:
+    """The images of class `c`, `[examples, H, W, C]` (as `FlatDataset.load_class`)."""
+    return self.images[c]
+
 
 @dataclasses.dataclass(frozen=True)
 class FlatDataset:

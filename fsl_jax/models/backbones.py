@@ -269,7 +269,7 @@ def bn_axis(config):
   """The `bn_axis` of a config's `batchnorm_stats` ('episode' or 'meta_batch') and
   `batchnorm_unbiased_running_var`."""
   axis = None if config.batchnorm_stats == 'episode' else (EPISODES, parallel.AXIS)
-  if config.get('batchnorm_unbiased_running_var', False):
+  if config.batchnorm_unbiased_running_var:
     return BatchNormSpec(axis, unbiased_running_var=True)
   return axis
 
@@ -294,15 +294,18 @@ def get_backbone(name: str, **kwargs) -> nn.Module:
   return BACKBONES[name](**kwargs)
 
 
+def _has_field(name: str, field: str) -> bool:
+  cls = BACKBONES[name]
+  cls = getattr(cls, 'func', cls)  # A functools.partial of a backbone class.
+  return field in cls.__dataclass_fields__
+
+
 def from_config(config) -> nn.Module:
   """The backbone a config names, with its BatchNorm pooling, compute dtype and remat."""
   kwargs = {'bn_axis': bn_axis(config), 'dtype': compute_dtype(config)}
   if config.remat:
-    cls = BACKBONES.get(config.backbone)
-    cls = getattr(cls, 'func', cls)  # A functools.partial of a backbone class.
-    if cls is not None and 'remat' not in getattr(cls, '__dataclass_fields__', {}):
-      with_remat = sorted(n for n, b in BACKBONES.items()
-                          if 'remat' in getattr(getattr(b, 'func', b), '__dataclass_fields__', {}))
+    if config.backbone in BACKBONES and not _has_field(config.backbone, 'remat'):
+      with_remat = sorted(n for n in BACKBONES if _has_field(n, 'remat'))
       raise ValueError(f'Backbone {config.backbone!r} has no remat option; backbones with '
                        f'one: {with_remat}.')
     kwargs['remat'] = True

@@ -41,6 +41,12 @@ def workdir_lock(workdir: str):
     os.close(fd)  # Releases the lock.
 
 
+def has_checkpoint(workdir: str) -> bool:
+  """Whether `workdir` holds a saved training state (a run worth protecting)."""
+  folder = os.path.join(workdir, 'checkpoints')
+  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
+
+
 class CheckpointNotFoundError(FileNotFoundError):
   """The checkpoint asked for does not exist, or none of those kept is readable."""
 

@@ -247,11 +247,9 @@ def _make_sources(config, splits, test: bool, devices):
       sources.append(episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, split,
                                                  devices, augment=augment, field_prefix=prefix))
     else:
-      load_class = getattr(dataset, 'load_class', None) or (
-        lambda c, images=dataset.images: images[c])
       sources.append(episodes_lib.HostEpisodes(
-        load_class, dataset.num_classes, dataset.examples_per_class, spec, info.mean, info.std,
-        split, devices=devices, augment=augment, field_prefix=prefix))
+        dataset.load_class, dataset.num_classes, dataset.examples_per_class, spec, info.mean,
+        info.std, split, devices=devices, augment=augment, field_prefix=prefix))
   return sources
 
 
@@ -306,24 +304,16 @@ RESUMABLE_CHANGES = frozenset({
 
 def _check_workdir(workdir: str) -> None:
   """One clear error for a workdir that cannot hold a run."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise config_lib.ConfigError(f'--workdir {workdir} is a file, not a folder; choose another '
-                                 'path.')
-  existing = workdir
-  while existing and not os.path.exists(existing):
-    existing = os.path.dirname(existing.rstrip(os.sep)) or ('.' if existing[0] != os.sep else '/')
-  if existing != workdir and os.path.exists(existing) and not os.path.isdir(existing):
-    raise config_lib.ConfigError(f'--workdir {workdir}: {existing} is a file, not a folder; '
-                                 'choose another path.')
-  if existing and not os.access(existing, os.W_OK | os.X_OK):
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):  # The nearest existing folder it would go in.
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    where = '' if existing == os.path.abspath(workdir) else f': {existing}'
+    raise config_lib.ConfigError(f'--workdir {workdir}{where} is a file, not a folder; choose '
+                                 'another path.')
+  if not os.access(existing, os.W_OK | os.X_OK):
     raise config_lib.ConfigError(f'--workdir {workdir}: {existing} is not writable; choose a '
                                  '--workdir you can write to.')
-
-
-def has_checkpoint(workdir: str) -> bool:
-  """Whether `workdir` holds a saved training state (a run worth protecting)."""
-  folder = os.path.join(workdir, 'checkpoints')
-  return os.path.isdir(folder) and any(n.isdigit() for n in os.listdir(folder))
 
 
 def _check_resumable(config, workdir: str) -> None:
@@ -333,7 +323,7 @@ def _check_resumable(config, workdir: str) -> None:
   stopped at a bad setting before training): its `config.json` is replaced.
   """
   path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path) or not has_checkpoint(workdir):
+  if not os.path.isfile(path) or not checkpoint_lib.has_checkpoint(workdir):
     return
   with open(path) as f:
     previous = config_lib.from_saved(json.load(f))
