@@ -44,8 +44,11 @@ def base_config() -> ml_collections.ConfigDict:
   # devices).
   c.episode_sampling = 'device'
   c.num_devices = 0  # Devices to train on (0: all local devices).
-  # BatchNorm statistics in training: 'episode' (each episode its own) or
-  # 'meta_batch' (pooled over all episodes of the step, on all devices).
+  # BatchNorm statistics in training: 'episode' (each episode its own),
+  # 'meta_batch' (pooled over all episodes of the step, on all devices), or
+  # 'per_position' (the embedding's per image position of the episode, pooled
+  # over the meta-batch; 'meta_batch' after the embedding: how the official EGNN
+  # trains, see `fsl_jax.models.backbones.bn_axis`).
   c.batchnorm_stats = 'episode'
   # Running variances from the unbiased batch variance (PyTorch's rule, which the
   # reference implementations train with) instead of the biased one (flax's).
@@ -174,9 +177,14 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
   if config.episode_sampling not in ('device', 'host'):
     raise ConfigError(
       f"episode_sampling must be 'device' or 'host', got {config.episode_sampling!r}.")
-  if config.batchnorm_stats not in ('episode', 'meta_batch'):
-    raise ConfigError("batchnorm_stats must be 'episode' or 'meta_batch', got "
+  if config.batchnorm_stats not in backbones.BATCHNORM_STATS:
+    raise ConfigError(f'batchnorm_stats must be one of {backbones.BATCHNORM_STATS}, got '
                       f'{config.batchnorm_stats!r}.')
+  if config.batchnorm_stats == 'per_position' and config.meta_batch_size < 2:
+    raise ConfigError(
+      "batchnorm_stats='per_position' takes each image position's statistics over the "
+      f'meta-batch, and meta_batch_size={config.meta_batch_size} gives one image per '
+      "position; use meta_batch_size >= 2, or batchnorm_stats='episode'.")
   if config.compute_dtype not in backbones.COMPUTE_DTYPES:
     raise ConfigError("compute_dtype must be 'float32' or 'bfloat16', got "
                       f'{config.compute_dtype!r}.')

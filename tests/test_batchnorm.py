@@ -154,3 +154,80 @@ def test_config_field_reaches_every_batchnorm():
   assert backbones.batch_norm(True, spec).axis_name == ('episodes', 'devices')
   config.batchnorm_unbiased_running_var = False
   assert not backbones.batch_norm(True, backbones.bn_axis(config)).unbiased_running_var
+
+
+def test_per_position_statistics_and_running_averages_by_hand():
+  # Two calls (episodes) on a vmapped axis, three positions, one channel, no
+  # spatial axes (BatchNorm1d): position p's statistics come from the two values
+  # at p. Positions: (1, 3) mean 2 var 1; (10, 20) mean 15 var 25; (4, 8) mean 6
+  # var 4. Normalised values are all -1 or +1 (epsilon 0). Running averages take
+  # the three updates in order, momentum 0.9, from mean 0 and variance 1.
+  x = jnp.array([[1., 10., 4.], [3., 20., 8.]])[..., None]  # [calls, positions, C]
+  for unbiased, var_p in ((False, (1., 25., 4.)), (True, (2., 50., 8.))):
+    bn = batchnorm.BatchNorm(axis_name='b', momentum=0.9, epsilon=0.0, per_position=True,
+                             unbiased_running_var=unbiased)
+    variables = bn.init(jax.random.PRNGKey(0), x[0])
+    y, updates = jax.vmap(lambda v, bn=bn, variables=variables: bn.apply(
+      variables, v, mutable=['batch_stats']), axis_name='b')(x)
+    np.testing.assert_allclose(y[..., 0], [[-1., -1., -1.], [1., 1., 1.]], rtol=1e-6)
+    stats = jax.tree.map(lambda t: t[0, 0], updates['batch_stats'])
+    np.testing.assert_allclose(stats['mean'], .1 * .81 * 2 + .1 * .9 * 15 + .1 * 6, rtol=1e-6)
+    want_var = .729 * 1 + .1 * .81 * var_p[0] + .1 * .9 * var_p[1] + .1 * var_p[2]
+    np.testing.assert_allclose(stats['var'], want_var, rtol=1e-6)
+
+
+@pytest.mark.parametrize('max_pool', [False, True])
+def test_per_position_equals_one_call_per_position(max_pool):
+  # What PyTorch code computes when it calls the network once per node position:
+  # a plain BatchNorm applied to position p of every call, positions in order,
+  # each update feeding the next. Values, running averages and gradients agree.
+  x, _, _, _ = _inputs((3, 4, 6, 6, 2))  # [calls, positions, H, W, C]
+  scale, bias = jnp.array([1.5, -0.7]), jnp.array([0.2, 0.4])
+  params = {'scale': scale, 'bias': bias}
+  stats = {'mean': jnp.array([0.3, -0.1]), 'var': jnp.array([1.2, 0.8])}
+  g = jax.random.normal(jax.random.PRNGKey(5), (3, 4, 3, 3, 2) if max_pool else x.shape)
+  kwargs = dict(axis_name='b', momentum=0.9, max_pool=max_pool, unbiased_running_var=True)
+
+  def per_position(params):
+    bn = batchnorm.BatchNorm(per_position=True, **kwargs)
+    y, upd = jax.vmap(lambda v: bn.apply({'params': params, 'batch_stats': stats}, v,
+                                         mutable=['batch_stats']), axis_name='b')(x)
+    return jnp.sum(y * g), (y, jax.tree.map(lambda t: t[0], upd['batch_stats']))
+
+  def sequential(params):
+    bn = batchnorm.BatchNorm(**kwargs)
+    running, ys = stats, []
+    for p in range(x.shape[1]):
+      y, upd = jax.vmap(lambda v, running=running: bn.apply(
+        {'params': params, 'batch_stats': running}, v, mutable=['batch_stats']),
+                        axis_name='b')(x[:, p])
+      running = jax.tree.map(lambda t: t[0], upd['batch_stats'])
+      ys.append(y)
+    y = jnp.stack(ys, axis=1)
+    return jnp.sum(y * g), (y, running)
+
+  (_, (y1, s1)), g1 = jax.value_and_grad(per_position, has_aux=True)(params)
+  (_, (y2, s2)), g2 = jax.value_and_grad(sequential, has_aux=True)(params)
+  np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
+  for tree1, tree2 in ((s1, s2), (g1, g2)):
+    for k in tree1:
+      np.testing.assert_allclose(tree1[k], tree2[k], rtol=1e-5, atol=1e-5)
+  dx1 = jax.grad(lambda x: jnp.sum(jax.vmap(lambda v: batchnorm.BatchNorm(
+    per_position=True, **kwargs).apply({'params': params, 'batch_stats': stats}, v,
+                                       mutable=['batch_stats'])[0], axis_name='b')(x) * g))(x)
+  dx2 = jax.grad(lambda x: sum(jnp.sum(jax.vmap(lambda v: batchnorm.BatchNorm(**kwargs).apply(
+    {'params': params, 'batch_stats': stats}, v, mutable=['batch_stats'])[0],
+                                               axis_name='b')(x[:, p]) * g[:, p])
+                               for p in range(x.shape[1])))(x)
+  np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-5)
+
+
+def test_per_position_config_reaches_the_embedding_only():
+  from fsl_jax import config as config_lib
+  from fsl_jax.models import backbones
+
+  config = config_lib.base_config()
+  config.batchnorm_stats = 'per_position'
+  assert backbones.batch_norm(True, backbones.bn_axis(config)).per_position
+  graph = backbones.batch_norm(True, backbones.bn_axis(config, embedding=False))
+  assert not graph.per_position and graph.axis_name == ('episodes', 'devices')

@@ -36,11 +36,11 @@ def get_config(variant: str = '5way5shot'):
   config.edge_features = 96
   config.graph_dropout = 0.1
   config.edge_loss_weights = (0.5, 0.5, 1.0)
-  # Pooled over the meta-batch, as the reference's graph layers see it; its
-  # embedding's statistics come per node position instead (not implemented yet).
-  config.batchnorm_stats = 'meta_batch'
-  # As the reference trains: PyTorch's running-variance rule, and the
+  # As the reference trains (`fsl_jax.models.egnn`, "Training as the reference"):
+  # the embedding's statistics per node position over the meta-batch and the graph
+  # layers' over the whole meta-batch, PyTorch's running-variance rule, and the
   # transductive loss with each query's self-edge.
+  config.batchnorm_stats = 'per_position'
   config.batchnorm_unbiased_running_var = True
   config.loss_self_edges = True
   config.augment = 'pad_crop'
@@ -81,4 +81,5 @@ def get_config(variant: str = '5way5shot'):
   config.way = config.test_way = 5
   config.shot = config.test_shot = int(match.group(1))
   config.transductive = match.group(2) is None
+  config.loss_self_edges = config.transductive
   return config

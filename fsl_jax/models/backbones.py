@@ -32,10 +32,13 @@ class BatchNormSpec:
       variance (n / (n - 1) times the biased one), as PyTorch does; the biased
       one (flax's choice) otherwise. Normalisation in training uses the biased
       variance either way, as both libraries do.
+    per_position: statistics per image position of the call, pooled over `axis`
+      (`batchnorm.BatchNorm.per_position`).
   """
 
   axis: Any = None
   unbiased_running_var: bool = False
+  per_position: bool = False
 
 
 def batch_norm(train: bool, bn_axis, **kwargs) -> batchnorm.BatchNorm:
@@ -47,11 +50,10 @@ def batch_norm(train: bool, bn_axis, **kwargs) -> batchnorm.BatchNorm:
   batch does. A `BatchNormSpec` gives the axes and the running-variance rule.
   Evaluation always uses the running averages.
   """
-  unbiased = False
-  if isinstance(bn_axis, BatchNormSpec):
-    bn_axis, unbiased = bn_axis.axis, bn_axis.unbiased_running_var
-  return BatchNorm(use_running_average=not train, axis_name=bn_axis if train else None,
-                   unbiased_running_var=unbiased, **kwargs)
+  spec = bn_axis if isinstance(bn_axis, BatchNormSpec) else BatchNormSpec(bn_axis)
+  return BatchNorm(use_running_average=not train, axis_name=spec.axis if train else None,
+                   unbiased_running_var=spec.unbiased_running_var,
+                   per_position=spec.per_position, **kwargs)
 
 
 class ConvBlock(nn.Module):
@@ -265,12 +267,23 @@ BACKBONES = {
 }
 
 
-def bn_axis(config):
-  """The `bn_axis` of a config's `batchnorm_stats` ('episode' or 'meta_batch') and
-  `batchnorm_unbiased_running_var`."""
+BATCHNORM_STATS = ('episode', 'meta_batch', 'per_position')
+
+
+def bn_axis(config, embedding: bool = True):
+  """The `bn_axis` of a config's `batchnorm_stats` and `batchnorm_unbiased_running_var`.
+
+  'episode': each episode's own statistics. 'meta_batch': pooled over every
+  episode of the step. 'per_position': in the embedding (`embedding=True`), one
+  set of statistics per image position of the episode, pooled over the
+  meta-batch, as PyTorch code that embeds the meta-batch one node position at a
+  time computes (the official EGNN's); after the embedding (`embedding=False`,
+  e.g. EGNN's graph layers), as 'meta_batch'.
+  """
   axis = None if config.batchnorm_stats == 'episode' else (EPISODES, parallel.AXIS)
-  if config.batchnorm_unbiased_running_var:
-    return BatchNormSpec(axis, unbiased_running_var=True)
+  per_position = embedding and config.batchnorm_stats == 'per_position'
+  if config.batchnorm_unbiased_running_var or per_position:
+    return BatchNormSpec(axis, bool(config.batchnorm_unbiased_running_var), per_position)
   return axis
 
 

@@ -345,7 +345,7 @@ class EGNN(FewShotMethod):
         'give one weight per layer.')
     if not 0.0 <= config.graph_dropout < 1.0:
       raise ValueError(f'graph_dropout must be in [0, 1), got {config.graph_dropout}.')
-    bn_axis = backbones.bn_axis(config)
+    bn_axis = backbones.bn_axis(config, embedding=False)
     gnn = EdgeLabelingGNN(config.num_layers, config.node_features, config.edge_features,
                           config.graph_dropout, bn_axis, config.scan_unroll)
     return cls(backbone=backbones.from_config(config), gnn=gnn,
