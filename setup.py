@@ -34,5 +34,7 @@ setup(
     'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'ruff',
              'importlib_resources'],
     'colab': ['matplotlib'],
+    # Reading the official PyTorch EGNN's checkpoints (experiments/convert_egnn_reference.py).
+    'torch': ['torch'],
   },
 )

@@ -20,9 +20,10 @@ Where this file departs from the reference implementation (jmkim0309/fewshot-egn
     over queries, and the edge initialisation of each graph is its own (the
     reference tiles the initial edges in another order than the nodes when the
     meta-batch has more than one episode).
-  * Self-edges are left out of the loss: after the edge update they are [1, 0]
-    up to 1e-6 whatever the parameters are, so they carry no gradient and only
-    dilute the mean over positive edges.
+  * By default, self-edges are left out of the loss: after the edge update they
+    are [1, 0] up to 1e-6 whatever the parameters are, so they carry no gradient
+    and only dilute the mean over positive edges (`loss_self_edges=True` counts
+    them, as the reference's transductive mask does).
   * Queries are shuffled by the episode sampler, so their position says nothing
     about their class (the reference orders them by class).
 Kept from the reference: no bias before BatchNorm, LeakyReLU 0.01 in the graph
@@ -31,10 +32,17 @@ the loss normalisation `mean_l(w_l * loss_l)`.
 
 BatchNorm in the graph layers normalises over all nodes (node MLP) or all node
 pairs (edge MLP) of the episode's graphs in training (with
-`batchnorm_stats='meta_batch'`, as in the reference and the Omniglot configs,
-of all the step's episodes), and uses running averages in evaluation. So in
+`batchnorm_stats='meta_batch'` or `'per_position'`, as in the reference, of all
+the step's episodes), and uses running averages in evaluation. So in
 evaluation a non-transductive prediction is exactly that of a graph holding the
 supports and that query alone (`tests/test_egnn.py` checks it).
+
+Training as the reference: `batchnorm_stats='per_position'` (the embedding's
+statistics per node position over the meta-batch, as the reference's one call
+per position gives), `batchnorm_unbiased_running_var=True` (PyTorch's rule) and
+`loss_self_edges=True`. `tests/test_egnn_training_parity.py` compares one
+training forward in each mode with a NumPy transcription of the reference's;
+README.md, "Training as the reference", says why fsl_jax's defaults differ.
 """
 
 from __future__ import annotations

@@ -374,6 +374,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                   start_time)
 
 
+def save_imported(config: ml_collections.ConfigDict, variables: dict, workdir: str,
+                  image_shape: tuple[int, ...]) -> None:
+  """Writes a workdir holding `variables` (e.g. weights converted from another
+  library) as its only checkpoint, step 1, for `evaluate_checkpoint` and
+  `load_trained`; training from it starts a fresh optimizer.
+
+  Args:
+    config: the config whose model the variables belong to.
+    variables: `{'params', 'batch_stats'}` with the model's tree and shapes.
+    workdir: a new folder, or one without a checkpoint.
+    image_shape: the input shape `(H, W, C)` the model is built for.
+
+  Raises:
+    ConfigError: the workdir holds a checkpoint already, or cannot be written;
+      ValueError: the variables do not have the model's tree or shapes.
+  """
+  config, model = build(config)
+  _check_workdir(workdir)
+  if checkpoint_lib.has_checkpoint(workdir):
+    raise config_lib.ConfigError(f'{workdir} holds a checkpoint already; choose a new --workdir.')
+  state = create_train_state(config, model, image_shape, jax.random.PRNGKey(config.seed))
+  want = {'params': state.params, 'batch_stats': state.batch_stats}
+  shapes = lambda tree: jax.tree.map(lambda x: tuple(np.shape(x)), tree)
+  if shapes(want) != shapes(dict(variables)):
+    raise ValueError('The variables do not fit the model of this config: they have the tree '
+                     f'{shapes(dict(variables))}, the model {shapes(want)}.')
+  state = state.replace(step=1,
+                        params=jax.tree.map(jnp.asarray, variables['params']),
+                        batch_stats=jax.tree.map(jnp.asarray, variables['batch_stats']))
+  os.makedirs(workdir, exist_ok=True)
+  with checkpoint_lib.workdir_lock(workdir):
+    write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+    ckpt = checkpoint_lib.Checkpoints(workdir, keep=config.keep_checkpoints)
+    ckpt.save(1, state, {'accuracy': -1.0, 'step': 0})
+    ckpt.wait()
+
+
 def _train(config, model, workdir, devices, train_source, test_source, validate, start_time):
   """The training loop of `train_and_evaluate`, with `workdir` locked."""
   per_device = config.meta_batch_size // len(devices)
