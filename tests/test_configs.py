@@ -8,7 +8,8 @@ from fsl_jax import config as config_lib
 VARIANTS = {
   'protonet_omniglot': ['1shot', '5shot', 'tiny'],
   'egnn_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot',
-                    '5way1shot-nontransductive', '20way1shot-nontransductive', 'tiny'],
+                    '5way1shot-nontransductive', '20way1shot-nontransductive',
+                    '5way1shot-reference', '5way1shot-nontransductive-reference', 'tiny'],
   'protonet_mini_imagenet': ['1shot', '5shot', 'tiny'],
   'egnn_mini_imagenet': ['5way5shot', '5way1shot', '5way5shot-nontransductive', 'tiny'],
   'protonet_tiered_imagenet': ['1shot', '5shot', 'tiny'],

@@ -169,6 +169,34 @@ class EGNNConv4(nn.Module):
     return batch_norm(train, self.bn_axis, use_bias=False)(x).astype(jnp.float32)
 
 
+class RelationConv4(nn.Module):
+  """The embedding module of Relation Networks (Sung et al. 2018), which keeps the
+  feature map: four blocks of 3x3 conv (64 channels), BatchNorm and ReLU, the
+  first two unpadded and followed by a 2x2 max-pool, the last two padded and
+  unpooled. 28x28 Omniglot ends at 5x5x64 (28 -> 26 -> 13 -> 11 -> 5), 84x84 at
+  19x19x64. Returns `[batch, h, w, 64]` maps, not vectors: for `relationnet`.
+
+  Convolutions are initialised as the reference code's (He normal over the
+  fan-out), since the relation module's sigmoid-and-MSE training is sensitive
+  to the scale at which it starts.
+  """
+
+  features: int = 64
+  bn_axis: Any = None  # See `batch_norm`.
+  dtype: Any = jnp.float32  # Compute dtype; see `compute_dtype`.
+
+  @nn.compact
+  def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+    x = images.astype(self.dtype)
+    init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+    for i in range(4):
+      pooled = i < 2
+      x = nn.Conv(self.features, (3, 3), padding='VALID' if pooled else 'SAME', use_bias=False,
+                  dtype=self.dtype, kernel_init=init)(x)
+      x = nn.relu(batch_norm(train, self.bn_axis, max_pool=pooled)(x))
+    return x.astype(jnp.float32)
+
+
 def drop_block(x: jax.Array, rate: float, block_size: int, rng: jax.Array) -> jax.Array:
   """DropBlock (Ghiasi et al. 2018) on `[batch, H, W, C]`: zeroes random
   `block_size` x `block_size` squares, per channel, and rescales by kept/total.
@@ -259,6 +287,7 @@ BACKBONES = {
   # MetaOptNet's regularisation: miniImageNet / tieredImageNet, and CIFAR sizes.
   'resnet12_dropblock': functools.partial(ResNet12, drop_rate=0.1, drop_block_size=5),
   'resnet12_dropblock_cifar': functools.partial(ResNet12, drop_rate=0.1, drop_block_size=2),
+  'relation_conv4': RelationConv4,  # Feature maps, for relationnet.
   'egnn_conv4': EGNNConv4,
   # Omniglot: EGNN's paper has no Omniglot experiment, so this is our choice: the
   # same network (a 1x1x256 map before the linear layer on 28x28), without the

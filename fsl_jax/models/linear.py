@@ -48,13 +48,13 @@ class Dense(nn.Module):
   features: int
   use_bias: bool = True
   dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    kernel = self.param('kernel', nn.initializers.lecun_normal(), (x.shape[-1], self.features),
-                        jnp.float32)
+    kernel = self.param('kernel', self.kernel_init, (x.shape[-1], self.features), jnp.float32)
     y = matmul(x.astype(self.dtype), kernel.astype(self.dtype))
     if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,), jnp.float32).astype(
-        self.dtype)
+      y = y + self.param('bias', self.bias_init, (self.features,), jnp.float32).astype(self.dtype)
     return y
