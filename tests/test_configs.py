@@ -15,6 +15,9 @@ VARIANTS = {
   'protonet_tiered_imagenet': ['1shot', '5shot', 'tiny'],
   'protonet_cifar_fs': ['1shot', '5shot', 'tiny'],
   'protonet_fc100': ['1shot', '5shot', 'tiny'],
+  'relationnet_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot', 'tiny'],
+  'relationnet_mini_imagenet': ['1shot', '5shot', 'tiny'],
+  'siamese_omniglot': ['1shot', '5shot', 'tiny'],
 }
 
 

@@ -1,0 +1,217 @@
+"""The results table: every method's measured numbers, from the recorded result files.
+
+Each row below names a run (a folder of `experiments/results/`), how it was
+trained, and the paper's numbers. A cell is filled from that folder's result
+files (`results.json`, the test at the end of training, and the
+`eval_*.json` of `experiments/evaluate.py`): the file whose episodes have the
+column's way and shot, 15 queries per class, 1000 episodes, and the row's mode.
+A cell with no such file reads "not measured". Nothing here holds a number.
+
+    python experiments/results_table.py            # writes RESULTS.md
+    python experiments/results_table.py --run      # trains and evaluates every row with
+                                                   # no results yet, then writes RESULTS.md
+
+`--run` trains a row in `runs/<run>` with its command, evaluates each column,
+and copies the result files into `experiments/results/<run>/`.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool('run', False, 'Train and evaluate the rows that have no results, first.')
+flags.DEFINE_string('output', 'RESULTS.md', 'Where to write the table (relative to the repo).')
+flags.DEFINE_string('data_dir', '../shared/data', 'Data root for --run.')
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(REPO, 'experiments', 'results')
+QUERY, EPISODES = 15, 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+  """One trained model and the columns it is tested on.
+
+  Attributes:
+    method: the method's name in the table.
+    run: its folder under `experiments/results/` (and `runs/` for `--run`).
+    config: `<config file stem>:<variant>` it was trained with.
+    flags: extra `--config.FIELD=VALUE` flags of its training command.
+    schedule: the training schedule in words, next to the paper's.
+    paper: the paper's number per column (`None`: not reported).
+    mode: extra fields a result must have, e.g. EGNN's `transductive`.
+    columns: the columns this row is evaluated on (`--run`).
+    eval_flags: extra flags of its evaluations, e.g. `--transductive`.
+  """
+
+  method: str
+  run: str
+  config: str
+  schedule: str
+  paper: dict
+  dataset: str = 'omniglot'
+  flags: tuple[str, ...] = ()
+  mode: tuple[tuple[str, object], ...] = ()
+  columns: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1), (20, 5))
+  eval_flags: tuple[str, ...] = ()
+
+
+OMNIGLOT = ((5, 1), (5, 5), (20, 1), (20, 5))
+MINI = ((5, 1), (5, 5))
+
+ROWS = (
+  Row('ProtoNet (bfloat16)', 'protonet_omniglot_1shot_bf16', 'protonet_omniglot:1shot',
+      '6000 episodes of 60-way 1-shot (paper: until validation stops improving)',
+      {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9},
+      flags=('--config.compute_dtype=bfloat16',), columns=((5, 1), (20, 1))),
+  Row('ProtoNet', 'protonet_mini_imagenet_5shot_1000steps', 'protonet_mini_imagenet:5shot',
+      '1000 episodes of 20-way 5-shot (5% of the 20k default)',
+      {(5, 1): 49.42, (5, 5): 68.20}, dataset='mini_imagenet',
+      flags=('--config.num_train_steps=1000', '--config.eval_every=500'), columns=((5, 5),)),
+  Row('EGNN, transductive', 'egnn_omniglot_5way1shot', 'egnn_omniglot:5way1shot',
+      '4500 of the reference\'s 100k steps, meta-batch 40, 5-way 1-shot',
+      {(5, 1): None, (5, 5): None, (20, 1): None, (20, 5): None},
+      flags=('--config.num_train_steps=4500', '--config.eval_every=500'),
+      mode=(('transductive', True),), columns=((5, 1), (5, 5), (20, 1))),
+  Row('EGNN, non-transductive', 'egnn_omniglot_5way1shot_nontransductive',
+      'egnn_omniglot:5way1shot-nontransductive',
+      '3000 of the reference\'s 100k steps, meta-batch 40, 5-way 1-shot',
+      {(5, 1): None, (5, 5): None, (20, 1): None, (20, 5): None},
+      flags=('--config.num_train_steps=3000', '--config.eval_every=500'),
+      mode=(('transductive', False),), columns=((5, 1), (5, 5), (20, 1))),
+  Row('EGNN, transductive, fsl_jax\'s training', 'egnn_omniglot_5way1shot_2k',
+      'egnn_omniglot:5way1shot', '2000 of the reference\'s 100k steps, meta-batch 40',
+      {(5, 1): None}, flags=('--config.num_train_steps=2000', '--config.eval_every=500'),
+      mode=(('transductive', True),), columns=((5, 1),)),
+  Row('EGNN, transductive, the reference\'s training', 'egnn_omniglot_5way1shot_reference_2k',
+      'egnn_omniglot:5way1shot-reference', '2000 of the reference\'s 100k steps, meta-batch 40',
+      {(5, 1): None}, flags=('--config.num_train_steps=2000', '--config.eval_every=500'),
+      mode=(('transductive', True),), columns=((5, 1),)),
+  Row('Siamese', 'siamese_omniglot_1shot', 'siamese_omniglot:1shot',
+      '6000 episodes of 20-way 1-shot pairs (the paper: 150k pairs with SGD)',
+      {(5, 1): 97.3, (5, 5): 98.4, (20, 1): 88.2, (20, 5): 97.0}, columns=((5, 1), (20, 1))),
+  Row('Matching Networks', 'matchingnet_omniglot_5way1shot', 'matchingnet_omniglot:5way1shot',
+      'the config\'s default', {(5, 1): 98.1, (5, 5): 98.9, (20, 1): 93.8, (20, 5): 98.5},
+      columns=((5, 1), (20, 1))),
+  Row('Relation Networks', 'relationnet_omniglot_5way1shot', 'relationnet_omniglot:5way1shot',
+      '100k episodes (10% of the paper\'s 1M)',
+      {(5, 1): 99.6, (5, 5): 99.8, (20, 1): 97.6, (20, 5): 99.1}, columns=((5, 1), (20, 1))),
+)
+
+
+def _matches(result: dict, way: int, shot: int, mode) -> bool:
+  method_config = result.get('method_config', {})
+  return (result.get('way') == way and result.get('shot') == shot
+          and result.get('query') == QUERY and result.get('test_episodes') == EPISODES
+          and all(method_config.get(k) == v for k, v in mode))
+
+
+def find_result(run: str, way: int, shot: int, mode=()) -> tuple[dict, str] | None:
+  """The result of `run` at (way, shot), 15 queries, 1000 episodes, in `mode`."""
+  files = sorted(glob.glob(os.path.join(RESULTS, run, '*.json')))
+  for path in files:
+    if os.path.basename(path) == 'config.json':
+      continue
+    with open(path) as f:
+      result = json.load(f)
+    if _matches(result, way, shot, mode):
+      return result, os.path.relpath(path, REPO)
+  return None
+
+
+def _cell(row: Row, column) -> str:
+  paper = row.paper.get(column)
+  paper = f' ({paper})' if paper is not None else ''
+  found = find_result(row.run, *column, row.mode)
+  if found is None:
+    return f'not measured{paper}' if column in row.paper else '-'
+  result, _ = found
+  return f'**{100 * result["test_accuracy"]:.2f} ± {100 * result["test_ci95"]:.2f}**{paper}'
+
+
+def train_command(row: Row) -> str:
+  name, variant = row.config.split(':')
+  return (f'python experiments/train.py --config=experiments/configs/{name}.py:{variant} '
+          f'--workdir=runs/{row.run} {" ".join(row.flags)}').strip()
+
+
+def eval_command(row: Row, way: int, shot: int) -> str:
+  return (f'python experiments/evaluate.py --workdir=runs/{row.run} --way={way} --shot={shot} '
+          f'--query={QUERY} --episodes={EPISODES} {" ".join(row.eval_flags)}').strip()
+
+
+def render() -> str:
+  lines = [
+    '# Results',
+    '',
+    'Generated by `python experiments/results_table.py` from the result files in',
+    '`experiments/results/<run>/`; `python experiments/results_table.py --run`',
+    'trains and evaluates every row that has none. Each cell: mean accuracy (%) and',
+    'its 95% confidence interval over the same 1000 fixed test episodes',
+    '(`eval_seed=0`, 15 queries per class), with the paper\'s number in',
+    'parentheses. Every schedule is stated; most are a fraction of the',
+    'paper\'s. EGNN\'s paper has no Omniglot table. More runs, settings and their',
+    'discussion: README.md, Results.',
+    '',
+  ]
+  for dataset, columns, title in (('omniglot', OMNIGLOT, 'Omniglot (Vinyals split, 28x28)'),
+                                  ('mini_imagenet', MINI, 'miniImageNet (Ravi split)')):
+    heads = [f'{w}-way {s}-shot' for w, s in columns]
+    lines += [f'## {title}', '', '| method | ' + ' | '.join(heads) + ' | trained as |',
+              '| --- |' + ' --- |' * (len(columns) + 1)]
+    for row in ROWS:
+      if row.dataset == dataset:
+        cells = ' | '.join(_cell(row, c) for c in columns)
+        lines.append(f'| {row.method} | {cells} | {row.schedule}; `{row.run}` |')
+    lines.append('')
+  lines += ['## Commands', '',
+            'Each row is trained, then evaluated per column, with these commands (what',
+            '`--run` runs for a row with results missing):', '']
+  for row in ROWS:
+    lines += [f'- {row.method} (`{row.run}`):', '', '  ```bash', f'  {train_command(row)}']
+    lines += [f'  {eval_command(row, *c)}' for c in row.columns]
+    lines += ['  ```', '']
+  return '\n'.join(lines)
+
+
+def run_missing(data_dir: str) -> None:
+  """Trains and evaluates every row without all its results; copies them in."""
+  python = sys.executable
+  for row in ROWS:
+    missing = [c for c in row.columns if find_result(row.run, *c, row.mode) is None]
+    if not missing:
+      continue
+    env = dict(os.environ, FSL_JAX_DATA_DIR=data_dir)
+    workdir = os.path.join(REPO, 'runs', row.run)
+    if not os.path.isfile(os.path.join(workdir, 'results.json')):
+      subprocess.run([python, *train_command(row).split()[1:]], cwd=REPO, env=env, check=True)
+    for column in missing:
+      subprocess.run([python, *eval_command(row, *column).split()[1:]], cwd=REPO, env=env,
+                     check=True)
+    target = os.path.join(RESULTS, row.run)
+    os.makedirs(target, exist_ok=True)
+    evals = glob.glob(os.path.join(workdir, 'eval_*.json'))
+    for path in [os.path.join(workdir, n) for n in ('config.json', 'results.json')] + evals:
+      if os.path.isfile(path):
+        shutil.copy(path, target)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError('Too many command-line arguments.')
+  if FLAGS.run:
+    run_missing(FLAGS.data_dir)
+  with open(os.path.join(REPO, FLAGS.output), 'w') as f:
+    f.write(render())
+  print(f'Wrote {FLAGS.output}.')
+
+
+if __name__ == '__main__':
+  app.run(main)
