@@ -88,11 +88,12 @@ def _config_flag_message(argv: list[str], error: Exception) -> str:
 
 @contextlib.contextmanager
 def user_errors():
-  """Turns configuration and data errors into one clear line and exit status 2."""
+  """Turns configuration and data errors into one clear line and exit status 2, and an
+  interruption into one line and exit status 130."""
   from fsl_jax.config import ConfigError
   from fsl_jax.data.errors import DataError
   from fsl_jax.training.checkpoint import CheckpointNotFoundError, WorkdirBusyError
-  from fsl_jax.training.train import NonFiniteLossError
+  from fsl_jax.training.train import Interrupted, NonFiniteLossError
 
   try:
     yield
@@ -100,6 +101,13 @@ def user_errors():
           WorkdirBusyError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+  except Interrupted as e:
+    print(e, file=sys.stderr)
+    sys.exit(130)
+  except KeyboardInterrupt:  # Outside the training loop: nothing in flight to save.
+    print('interrupted; the checkpoints saved so far are kept: rerun the same command to '
+          'resume or to evaluate again.', file=sys.stderr)
+    sys.exit(130)
 
 
 def format_results(results: dict) -> str:

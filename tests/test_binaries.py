@@ -2,9 +2,13 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
+import jax
+import numpy as np
 import pytest
 from helpers import CONFIGS
 
@@ -121,3 +125,45 @@ def test_binaries_run_as_scripts_from_anywhere(tmp_path, binary):
                           env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
   # absl's --help exits with status 1 after printing the flags.
   assert 'Traceback' not in result.stderr and 'Try --helpfull' in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_the_step_reached_and_the_rerun_resumes_exactly(tmp_path, signum):
+  """A preempted run (SIGTERM) or Ctrl-C (SIGINT): one line, exit 130, a checkpoint at
+  the step reached; rerunning the command ends where an uninterrupted run ends."""
+  from helpers import tiny_config, trained_state
+
+  from fsl_jax.training import train
+
+  steps = 150  # Long enough that the signal lands in the loop, after step 10.
+  flags = [f'--config={CONFIGS / "protonet_omniglot.py"}:tiny', f'--config.num_train_steps={steps}',
+           '--config.eval_every=0', '--config.checkpoint_every=1000', '--config.log_every=5',
+           '--config.eval_episodes=16', '--config.num_devices=1', f'--workdir={tmp_path / "a"}']
+  process = subprocess.Popen([sys.executable, '-m', 'experiments.train', *flags], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, 'PYTHONPATH': str(REPO)})
+  metrics = tmp_path / 'a' / 'metrics.jsonl'
+  deadline = time.time() + 300
+  while not (metrics.exists() and '"step": 10,' in metrics.read_text()):
+    assert process.poll() is None and time.time() < deadline, process.communicate()[1][-2000:]
+    time.sleep(0.2)
+  process.send_signal(signum)
+  _, stderr = process.communicate(timeout=300)
+  assert process.returncode == 130, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr[-2000:]
+  line = stderr.strip().splitlines()[-1]
+  saved = int(line.split(' at step ')[1].split(';')[0])
+  assert f'interrupted by {signal.Signals(signum).name} at step {saved}; saved a checkpoint at ' \
+         f'step {saved}' in line and 'rerun the same command to resume' in line, line
+  assert 10 <= saved < steps
+  assert not (tmp_path / 'a' / 'results.json').exists()
+  if signum == signal.SIGINT:
+    return  # The same path as SIGTERM from here on.
+  run('train', *flags)
+  config = tiny_config(num_train_steps=steps, eval_every=0, checkpoint_every=1000, log_every=5,
+                       eval_episodes=16, num_devices=1)
+  train.train_and_evaluate(config, str(tmp_path / 'b'))
+  a, b = trained_state(config, str(tmp_path / 'a')), trained_state(config, str(tmp_path / 'b'))
+  assert int(a.step) == int(b.step) == steps
+  jax.tree.map(np.testing.assert_array_equal, (a.params, a.batch_stats, a.opt_state),
+               (b.params, b.batch_stats, b.opt_state))

@@ -43,6 +43,9 @@ def get_config(variant: str = '5way1shot'):
     config.shot = config.test_shot = 1
     config.query = config.test_query = 5
     config.meta_batch_size = 4
+    # Cosine logits in [-1, 1] make the loss's gradients small: a larger step
+    # moves the tiny run (an untrained Conv-4 already gets ~57%) in 60 steps.
+    config.learning_rate = 3e-3
     config.num_train_steps = 60
     config.log_every = 20
     config.eval_every = 30

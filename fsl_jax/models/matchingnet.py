@@ -97,8 +97,8 @@ def class_log_probs(attention_logits: jax.Array, support_labels: jax.Array,
   """log p(y = k | x, S) = log sum_{i: y_i = k} a(x, x_i) (Eq. 1), a = softmax (Eq. 2).
 
   Computed as a logsumexp of the attention logits over the supports of class k
-  minus one over all supports. A class without supports gets -inf, with zero
-  gradient to the logits.
+  minus one over all supports. A class without supports gets -inf, and no NaN
+  in the gradient.
 
   Args:
     attention_logits: `[Q, S]`, the exponents of Eq. 2.
@@ -111,7 +111,9 @@ def class_log_probs(attention_logits: jax.Array, support_labels: jax.Array,
   member = support_labels[None, :] == jnp.arange(way)[:, None]  # [way, S]
   masked = jnp.where(member[None], attention_logits[:, None, :], -jnp.inf)  # [Q, way, S]
   per_class = jax.nn.logsumexp(masked, axis=-1)  # log sum_{i in k} exp(logit_i)
-  return per_class - jax.nn.logsumexp(attention_logits, axis=-1, keepdims=True)
+  # The classes partition the supports, so the logsumexp over all supports is the
+  # one over `per_class`; log_softmax subtracts the largest first (exact for large logits).
+  return jax.nn.log_softmax(per_class, axis=-1)
 
 
 class SupportEncoder(nn.Module):

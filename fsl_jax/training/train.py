@@ -12,9 +12,12 @@ where the interrupted one stopped (there is no RNG state beyond the step number)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import signal
+import threading
 import time
 from typing import Any
 
@@ -48,6 +51,42 @@ class NonFiniteLossError(FloatingPointError):
 
 class DivergedError(NonFiniteLossError):
   """The training loss grew by `divergence_factor` over its first logged value."""
+
+
+class Interrupted(Exception):
+  """SIGINT or SIGTERM stopped training, after a checkpoint of the step reached."""
+
+  def __init__(self, signal_name: str, step: int, workdir: str):
+    super().__init__(f'interrupted by {signal_name} at step {step}; saved a checkpoint at step '
+                     f'{step} in {workdir}: rerun the same command to resume.')
+    self.step = step
+
+
+@contextlib.contextmanager
+def _signals_as_requests():
+  """SIGINT and SIGTERM (a preempted VM's notice) become a request to stop, which
+  the training loop honours after the step in flight: it saves that step and
+  raises `Interrupted`. A second signal ends the process at once, without saving.
+
+  Yields:
+    A list that receives the number of each signal caught.
+  """
+  received = []
+  if threading.current_thread() is not threading.main_thread():  # Handlers need it.
+    yield received
+    return
+
+  def handler(signum, frame):
+    del frame
+    received.append(signum)
+    signal.signal(signum, signal.SIG_DFL)
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
 
 
 class TrainState(train_state.TrainState):
@@ -470,25 +509,30 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
     pending, pending_from = [], step
 
   train_start = time.time()
-  for step in range(start_step + 1, config.num_train_steps + 1):
-    p_state, step_metrics = p_train_step(p_state, train_inputs(step))
-    pending.append(step_metrics)
-    report(step, time.time())
-    last = step == config.num_train_steps
-    if step % config.log_every == 0 or last:
-      flush(step)
-    if config.eval_every and (step % config.eval_every == 0 or last):
-      flush(step)
-      with report.timed('validate'):
-        summary, loss = validate(_eval_variables(p_state))
-      writer.write_scalars(step, {'val/accuracy': summary.accuracy, 'val/loss': loss})
-      logging.info('Step %d: validation %s', step, summary)
-      if summary.accuracy > best['accuracy']:
-        best = {'accuracy': summary.accuracy, 'step': step}
-        ckpt.save_best(parallel.unreplicate(p_state), best)
-    if step % config.checkpoint_every == 0 or last:
-      flush(step)  # Never checkpoint a state that diverged.
-      ckpt.save(step, parallel.unreplicate(p_state), best)
+  with _signals_as_requests() as stop:
+    for step in range(start_step + 1, config.num_train_steps + 1):
+      p_state, step_metrics = p_train_step(p_state, train_inputs(step))
+      pending.append(step_metrics)
+      report(step, time.time())
+      last = step == config.num_train_steps
+      if step % config.log_every == 0 or last:
+        flush(step)
+      if config.eval_every and (step % config.eval_every == 0 or last):
+        flush(step)
+        with report.timed('validate'):
+          summary, loss = validate(_eval_variables(p_state))
+        writer.write_scalars(step, {'val/accuracy': summary.accuracy, 'val/loss': loss})
+        logging.info('Step %d: validation %s', step, summary)
+        if summary.accuracy > best['accuracy']:
+          best = {'accuracy': summary.accuracy, 'step': step}
+          ckpt.save_best(parallel.unreplicate(p_state), best)
+      if step % config.checkpoint_every == 0 or last or stop:
+        flush(step)  # Never checkpoint a state that diverged.
+        ckpt.save(step, parallel.unreplicate(p_state), best)
+      if stop:
+        ckpt.wait()
+        writer.flush()
+        raise Interrupted(signal.Signals(stop[0]).name, step, workdir)
   train_time = time.time() - train_start
   ckpt.wait()
 
