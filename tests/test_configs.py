@@ -18,6 +18,8 @@ VARIANTS = {
   'relationnet_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot', 'tiny'],
   'relationnet_mini_imagenet': ['1shot', '5shot', 'tiny'],
   'siamese_omniglot': ['1shot', '5shot', 'tiny'],
+  'matchingnet_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot', 'tiny'],
+  'matchingnet_mini_imagenet': ['1shot', '5shot', 'tiny'],
 }
 
 

@@ -270,9 +270,11 @@ def test_config_fields_are_validated_and_reach_the_module():
     matchingnet.MatchingNet.from_config(config)
 
 
+@pytest.mark.slow
 def test_tiny_matchingnet_learns_omniglot(tmp_path, data_dir):
-  """60 steps of 4 five-way 1-shot episodes: about 73% when written (100 test
-  episodes); an untrained Conv-4 gets 57% from random features, chance is 20%."""
+  """60 steps of 4 five-way 1-shot episodes: 72.0% on the 50 test episodes when
+  written, where the untrained model gets 55.8% (random features); chance is 20%.
+  The logged training loss (mean of 20 steps) went from 1.39 to 1.26."""
   config = load_config('matchingnet_omniglot', 'tiny')
   config.num_devices = 1
   config.eval_every = 0  # One evaluator to compile; the last checkpoint is tested.
@@ -281,6 +283,6 @@ def test_tiny_matchingnet_learns_omniglot(tmp_path, data_dir):
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['test_accuracy'] > 0.65, results
   losses = [r['train/loss'] for r in history.read(str(tmp_path)) if 'train/loss' in r]
-  assert losses[-1] < losses[0] - 0.1, losses
+  assert losses[-1] < losses[0] - 0.05, losses
   state = trained_state(config, str(tmp_path))
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
