@@ -7,6 +7,7 @@ fixed 5-way episodes with 15 queries per class. Variants: `1shot`, `5shot`,
 `tiny` (seconds; for tests).
 """
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 
@@ -33,14 +34,8 @@ def get_config(dataset: str, variant: str, num_train_steps: int = 20_000, **fiel
   elif variant in ('', '5shot'):
     config.way, config.shot, config.test_shot = 20, 5, 5
   elif variant == 'tiny':
-    config.way, config.shot, config.query = 5, 1, 3
-    config.test_shot, config.test_query = 1, 3
-    config.num_train_steps = 30
-    config.log_every = 10
-    config.eval_every = 15
-    config.checkpoint_every = 15
-    config.val_episodes = 20
-    config.eval_episodes = 40
+    _tiny.tiny(config, query=3, test_query=3, steps=30, log_every=10, eval_every=15,
+               val_episodes=20, eval_episodes=40)
   else:
     raise ValueError(f"Unknown variant {variant!r}; use '1shot', '5shot' or 'tiny'.")
   return config

@@ -23,6 +23,7 @@ Results, for what has been run).
 
 import re
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 
@@ -60,17 +61,8 @@ def get_config(variant: str = '5way5shot'):
   config.eval_batch_size = 10
   config.checkpoint_every = 500
   if variant == 'tiny':  # A minute on a CPU; for tests.
-    config.way = config.test_way = 5
-    config.shot = config.test_shot = 1
-    config.test_query = 2
-    config.meta_batch_size = 4
-    config.num_train_steps = 6
-    config.log_every = 2
-    config.eval_every = 3
-    config.checkpoint_every = 3
-    config.val_episodes = 8
-    config.eval_episodes = 8
-    config.eval_batch_size = 4
+    _tiny.tiny(config, query=1, test_query=2, meta_batch_size=4, steps=6, log_every=2,
+               eval_every=3, val_episodes=8, eval_episodes=8, eval_batch_size=4)
     config.node_features = config.edge_features = 16
     config.transductive = True
     return config

@@ -35,6 +35,7 @@ Results: EGNN.
 
 import re
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 
@@ -68,18 +69,9 @@ def get_config(variant: str = '5way1shot'):
   config.eval_batch_size = 25
   config.checkpoint_every = 500
   if variant == 'tiny':  # Seconds on a CPU; for tests and the colab.
-    config.way = config.test_way = 5
-    config.shot = config.test_shot = 1
-    config.test_query = 3
-    config.meta_batch_size = 8
+    _tiny.tiny(config, query=1, test_query=3, meta_batch_size=8, steps=100, log_every=20,
+               eval_every=50, val_episodes=40, eval_episodes=100, eval_batch_size=10)
     config.learning_rate = 3e-3
-    config.num_train_steps = 100
-    config.log_every = 20
-    config.eval_every = 50
-    config.checkpoint_every = 50
-    config.val_episodes = 40
-    config.eval_episodes = 100
-    config.eval_batch_size = 10
     config.node_features = config.edge_features = 32
     return config
   match = re.fullmatch(r'(\d+)way(\d+)shot(-nontransductive)?(-reference)?',

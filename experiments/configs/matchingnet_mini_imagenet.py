@@ -18,6 +18,7 @@ Paper (Ravi & Larochelle 2017, Matching Networks FCE): 5-way 1-shot 43.56,
 5-way 5-shot 55.31. Measured here: not yet.
 """
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 
@@ -43,14 +44,8 @@ def get_config(variant: str = '5shot'):
   elif variant in ('', '5shot'):
     config.shot = config.test_shot = 5
   elif variant == 'tiny':  # Seconds on a CPU; for tests.
-    config.shot = config.test_shot = 1
-    config.query = config.test_query = 3
-    config.num_train_steps = 30
-    config.log_every = 10
-    config.eval_every = 15
-    config.checkpoint_every = 15
-    config.val_episodes = 20
-    config.eval_episodes = 40
+    _tiny.tiny(config, query=3, test_query=3, steps=30, log_every=10, eval_every=15,
+               val_episodes=20, eval_episodes=40)
   else:
     raise ValueError(f"Unknown variant {variant!r}; use '1shot', '5shot' or 'tiny'.")
   return config

@@ -19,6 +19,7 @@ Paper (no FCE): 5-way 1-shot 98.1, 5-way 5-shot 98.9, 20-way 1-shot 93.8,
 
 import re
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 
@@ -39,21 +40,11 @@ def get_config(variant: str = '5way1shot'):
   config.eval_episodes = 1_000
   config.eval_batch_size = 25
   if variant == 'tiny':  # Seconds on a CPU; for tests.
-    config.way = config.test_way = 5
-    config.shot = config.test_shot = 1
-    config.query = config.test_query = 5
-    config.meta_batch_size = 4
     # Cosine logits in [-1, 1] make the loss's gradients small: a larger step
     # moves the tiny run (an untrained Conv-4 already gets ~57%) in 60 steps.
     config.learning_rate = 3e-3
-    config.num_train_steps = 60
-    config.log_every = 20
-    config.eval_every = 30
-    config.checkpoint_every = 30
-    config.val_episodes = 20
-    config.eval_episodes = 100
-    config.eval_batch_size = 10
-    return config
+    return _tiny.tiny(config, query=5, test_query=5, meta_batch_size=4, steps=60, log_every=20,
+                      eval_every=30, val_episodes=20, eval_episodes=100, eval_batch_size=10)
   match = re.fullmatch(r'(5|20)way([15])shot', variant or '5way1shot')
   if not match:
     raise ValueError(f'Unknown variant {variant!r}; use 5way1shot, 5way5shot, 20way1shot, '

@@ -17,6 +17,7 @@ The 20-way rows re-evaluate the same checkpoint with `experiments/evaluate.py
 --way=20 --episodes=1000`. Training times and exact commands: README.md, Results.
 """
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 
@@ -43,16 +44,8 @@ def get_config(variant: str = '1shot'):
   elif variant == '5shot':
     config.shot = config.test_shot = 5
   elif variant == 'tiny':  # Seconds on a CPU; for tests and the quickstart.
-    config.way, config.shot, config.query = 5, 1, 5
-    config.meta_batch_size = 4
-    config.test_query = 5
-    config.num_train_steps = 100
-    config.log_every = 20
-    config.eval_every = 50
-    config.checkpoint_every = 50
-    config.val_episodes = 40
-    config.eval_episodes = 100
-    config.eval_batch_size = 10
+    _tiny.tiny(config, query=5, test_query=5, meta_batch_size=4, steps=100, log_every=20,
+                eval_every=50, val_episodes=40, eval_episodes=100, eval_batch_size=10)
   else:
     raise ValueError(f"Unknown variant {variant!r}; use '1shot', '5shot' or 'tiny'.")
   return config

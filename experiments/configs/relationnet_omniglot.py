@@ -17,6 +17,7 @@ Paper: 99.6 +- 0.2 / 99.8 +- 0.1 / 97.6 +- 0.2 / 99.1 +- 0.1 (5w1s / 5w5s /
 
 import re
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 TRAIN_QUERY = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}
@@ -40,18 +41,8 @@ def get_config(variant: str = '5way1shot'):
   config.eval_episodes = 1_000
   config.eval_batch_size = 20
   if variant == 'tiny':  # Seconds on a CPU; for tests.
-    config.way = config.test_way = 5
-    config.shot = config.test_shot = 1
-    config.query, config.test_query = 5, 5
-    config.meta_batch_size = 4
-    config.num_train_steps = 100
-    config.log_every = 20
-    config.eval_every = 50
-    config.checkpoint_every = 50
-    config.val_episodes = 40
-    config.eval_episodes = 100
-    config.eval_batch_size = 10
-    return config
+    return _tiny.tiny(config, query=5, test_query=5, meta_batch_size=4, steps=100, log_every=20,
+                      eval_every=50, val_episodes=40, eval_episodes=100, eval_batch_size=10)
   match = re.fullmatch(r'(5|20)way([15])shot', variant or '5way1shot')
   if not match:
     raise ValueError(f'Unknown variant {variant!r}; use 5way1shot, 5way5shot, 20way1shot, '

@@ -16,6 +16,7 @@ Reported (Vinyals et al. 2016, Table 1, Siamese net without fine-tuning):
 97.3 / 98.4 / 88.2 / 97.0 (5w1s / 5w5s / 20w1s / 20w5s). Measured here: not yet.
 """
 
+from experiments.configs import _tiny
 from fsl_jax import config as config_lib
 
 
@@ -41,16 +42,8 @@ def get_config(variant: str = '1shot'):
   elif variant == '5shot':
     config.shot = config.test_shot = 5
   elif variant == 'tiny':  # Seconds on a CPU; for tests.
-    config.way, config.shot, config.query = 5, 1, 5
-    config.meta_batch_size = 4
-    config.test_shot, config.test_query = 1, 5
-    config.num_train_steps = 100
-    config.log_every = 20
-    config.eval_every = 50
-    config.checkpoint_every = 50
-    config.val_episodes = 40
-    config.eval_episodes = 100
-    config.eval_batch_size = 10
+    _tiny.tiny(config, query=5, test_query=5, meta_batch_size=4, steps=100, log_every=20,
+                eval_every=50, val_episodes=40, eval_episodes=100, eval_batch_size=10)
   else:
     raise ValueError(f"Unknown variant {variant!r}; use '1shot', '5shot' or 'tiny'.")
   return config
