@@ -102,6 +102,7 @@ class Conv4(nn.Module):
   bn_axis: Any = None  # See `batch_norm`.
   dtype: Any = jnp.float32  # Compute dtype; see `compute_dtype`.
   remat: bool = False  # See `block_class`.
+  flatten: bool = True  # False: return the `[batch, h, w, features]` map (`conv4_map`).
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -110,7 +111,9 @@ class Conv4(nn.Module):
     block = block_class(ConvBlock, self.remat)
     for i in range(self.num_blocks):
       x = block(self.features, self.bn_axis, self.dtype, name=f'ConvBlock_{i}')(x, train)
-    return x.reshape((x.shape[0], -1)).astype(jnp.float32)
+    if self.flatten:
+      x = x.reshape((x.shape[0], -1))
+    return x.astype(jnp.float32)
 
 
 def channel_dropout(x: jax.Array, rate, rng: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -282,6 +285,7 @@ class ResNet12(nn.Module):
 
 BACKBONES = {
   'conv4': Conv4,
+  'conv4_map': functools.partial(Conv4, flatten=False),  # Feature maps, e.g. for tpn.
   'resnet12': ResNet12,
   'resnet12_avgpool': functools.partial(ResNet12, pool='avg'),
   # MetaOptNet's regularisation: miniImageNet / tieredImageNet, and CIFAR sizes.
