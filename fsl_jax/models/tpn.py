@@ -76,8 +76,30 @@ def normalized_laplacian(weights: jax.Array, eps: float = 1e-12) -> jax.Array:
   return d[:, None] * weights * d[None, :]
 
 
+def solve_positive_definite(a: jax.Array, b: jax.Array) -> jax.Array:
+  """`a^{-1} b` for a symmetric positive definite `a`, by Gauss-Jordan elimination.
+
+  No pivoting is needed for such a matrix. Written as a `fori_loop` of N
+  eliminations in plain XLA operations instead of `jnp.linalg.solve`: on XLA's
+  CPU backend with several (forced host) devices, the batched LU call of the
+  evaluation step deadlocked under `pmap` (4 devices on 2 cores, jaxlib 0.10.2).
+  """
+  n = a.shape[0]
+
+  def eliminate(k, ab):
+    row = ab[k] / ab[k, k]
+    factor = ab[:, k].at[k].set(0.0)
+    return (ab - factor[:, None] * row[None, :]).at[k].set(row)
+
+  ab = jax.lax.fori_loop(0, n, eliminate, jnp.concatenate([a, b], axis=1))
+  return ab[:, n:]
+
+
 def propagate(s: jax.Array, labels_one_hot: jax.Array, alpha: float) -> jax.Array:
   """Eq. 4: `F* = (I - alpha S)^{-1} Y`, as the solution of a linear system.
+
+  `I - alpha S` is symmetric positive definite: S is symmetric with eigenvalues
+  in [-1, 1] (a normalised non-negative symmetric matrix), and alpha < 1.
 
   Args:
     s: `[N, N]` normalised weights.
@@ -88,7 +110,7 @@ def propagate(s: jax.Array, labels_one_hot: jax.Array, alpha: float) -> jax.Arra
     `[N, way]` propagated scores.
   """
   n = s.shape[0]
-  return jnp.linalg.solve(jnp.eye(n, dtype=s.dtype) - alpha * s, labels_one_hot)
+  return solve_positive_definite(jnp.eye(n, dtype=s.dtype) - alpha * s, labels_one_hot)
 
 
 class GraphConstruction(nn.Module):
