@@ -41,7 +41,7 @@ def get_config(variant: str = '5way1shot'):
   config.eval_batch_size = 25
   if variant == 'tiny':  # Seconds on a CPU; for tests.
     # Cosine logits in [-1, 1] make the loss's gradients small: a larger step
-    # moves the tiny run (an untrained Conv-4 already gets ~57%) in 60 steps.
+    # moves the tiny run (an untrained Conv-4 already gets 55.8%, see the test) in 60 steps.
     config.learning_rate = 3e-3
     return _tiny.tiny(config, query=5, test_query=5, meta_batch_size=4, steps=60, log_every=20,
                       eval_every=30, val_episodes=20, eval_episodes=100, eval_batch_size=10)
