@@ -21,6 +21,13 @@ os.environ['FSL_JAX_DATA_DIR'] = DATA_DIR  # Configs leave data_dir empty.
 # One decoded cache for the whole session (and its xdist workers).
 os.environ.setdefault('FSL_JAX_CACHE_DIR',
                       os.path.join(tempfile.gettempdir(), 'fsl_jax_test_cache'))
+# XLA's compiled programs too, shared by the workers and the binaries the tests
+# start: many tests compile the same tiny training step (this cut test_training.py
+# and test_binaries.py from 9m08s to 5m58s on 2 cores). JAX keys an entry by the
+# program, its compile options and the devices, so a cached entry is never stale.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(os.environ['FSL_JAX_CACHE_DIR'], 'jax_compilation'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
 
 
 @pytest.fixture(scope='session')

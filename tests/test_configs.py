@@ -20,6 +20,11 @@ VARIANTS = {
   'siamese_omniglot': ['1shot', '5shot', 'tiny'],
   'matchingnet_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot', 'tiny'],
   'matchingnet_mini_imagenet': ['1shot', '5shot', 'tiny'],
+  'gnn_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot',
+                   '5way1shot-transductive', 'tiny'],
+  'gnn_mini_imagenet': ['5way1shot', '5way5shot', '5way5shot-transductive', 'tiny'],
+  'tpn_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot', 'tiny'],
+  'tpn_mini_imagenet': ['1shot', '5shot', 'tiny'],
 }
 
 
