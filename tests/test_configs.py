@@ -25,6 +25,11 @@ VARIANTS = {
   'gnn_mini_imagenet': ['5way1shot', '5way5shot', '5way5shot-transductive', 'tiny'],
   'tpn_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot', 'tiny'],
   'tpn_mini_imagenet': ['1shot', '5shot', 'tiny'],
+  'maml_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot',
+                    '5way1shot-firstorder', '20way1shot-firstorder-nontransductive',
+                    '5way1shot-nontransductive', 'tiny', 'tiny-firstorder'],
+  'maml_mini_imagenet': ['5way1shot', '5way5shot', '5way1shot-firstorder',
+                         '5way5shot-firstorder-nontransductive', 'tiny'],
 }
 
 
