@@ -4,6 +4,7 @@ import contextlib
 import logging as std_logging
 import os
 import sys
+import traceback
 
 import jax
 from absl import logging
@@ -88,8 +89,9 @@ def _config_flag_message(argv: list[str], error: Exception) -> str:
 
 @contextlib.contextmanager
 def user_errors():
-  """Turns configuration and data errors into one clear line and exit status 2, and an
-  interruption into one line and exit status 130."""
+  """Turns configuration and data errors into one clear line and exit status 2, an
+  interruption into one line and exit status 130, and anything else (a bug) into its
+  traceback, a line saying so, and exit status 1."""
   from fsl_jax.config import ConfigError
   from fsl_jax.data.errors import DataError
   from fsl_jax.training.checkpoint import CheckpointNotFoundError, WorkdirBusyError
@@ -108,6 +110,12 @@ def user_errors():
     print('interrupted; the checkpoints saved so far are kept: rerun the same command to '
           'resume or to evaluate again.', file=sys.stderr)
     sys.exit(130)
+  except Exception:  # noqa: BLE001 (an internal failure: the traceback is for a bug report)
+    traceback.print_exc()
+    print('error: internal failure (the traceback above), not a problem with the input: '
+          'please report it with the command that ran. Checkpoints saved so far are kept; '
+          'rerunning the same command resumes from the latest.', file=sys.stderr)
+    sys.exit(1)
 
 
 def format_results(results: dict) -> str:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from helpers import CONFIGS
 
+from fsl_jax.config import ConfigError
+
 REPO = CONFIGS.parents[1]
 TINY = [f'--config={CONFIGS / "protonet_omniglot.py"}:tiny', '--config.num_train_steps=10',
         '--config.eval_every=5', '--config.val_episodes=8', '--config.eval_episodes=16']
@@ -167,3 +169,18 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_resumes_exactly(tmp_path,
   assert int(a.step) == int(b.step) == steps
   jax.tree.map(np.testing.assert_array_equal, (a.params, a.batch_stats, a.opt_state),
                (b.params, b.batch_stats, b.opt_state))
+
+
+@pytest.mark.parametrize('error, status, words', [
+  (RuntimeError('a bug'), 1, 'internal failure'),
+  (ConfigError('way must be at least 1'), 2, 'error: way must be at least 1'),
+])
+def test_exit_status_tells_a_bug_from_bad_input(capsys, error, status, words):
+  from experiments import common
+  with pytest.raises(SystemExit) as exit_info:
+    with common.user_errors():
+      raise error
+  assert exit_info.value.code == status
+  stderr = capsys.readouterr().err
+  assert words in stderr
+  assert ('Traceback' in stderr) == (status == 1)  # Only a bug shows one.

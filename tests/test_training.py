@@ -242,6 +242,37 @@ def test_evaluation_reports_progress_with_an_eta(tmp_path, caplog, monkeypatch):
   assert re.search(r'Evaluated 10/20 test episodes, [\d.]+ episodes/s, ETA \dm\d\ds', caplog.text)
 
 
+def test_training_progress_excludes_validation_and_counts_it_in_the_eta():
+  """A fake clock: 1 s per step, a 30 s validation every 10 steps, 40 steps."""
+  now = [100.0]
+  progress = train.Progress(num_train_steps=40, start_step=0, eval_every=10,
+                            clock=lambda: now[0])
+  progress.every_secs = 5.0
+  lines = {}
+  for step in range(1, 41):
+    now[0] += 20.0 if step == 1 else 1.0  # The first step compiles.
+    line = progress(step)
+    if line:
+      lines[step] = line
+    if step % 10 == 0 and step < 40:
+      with progress.paused('validate'):
+        now[0] += 30.0
+  # Speaks at once after the first step, then every 5 s of wall time.
+  assert lines[1] == 'Step 1/40: the first step took 0m20s (compilation included).'
+  assert lines[6] == 'Step 6/40: 1.00 steps/s, ETA 0m34s.'
+  # After a validation the rate is still 1 step/s (the 30 s are not training),
+  # and the ETA adds the 3 validations to come (at steps 20, 30, 40) at 30 s each.
+  assert lines[11] == 'Step 11/40: 1.00 steps/s, ETA 1m59s (validations included, 30 s each).'
+
+
+def test_training_speaks_after_its_first_step(tmp_path, caplog):
+  config = tiny_config(num_devices=1, **{**SHORT, 'num_train_steps': 2})
+  with caplog.at_level('INFO'):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert re.search(r'Step 1/2: the first step took \dm\d\ds \(compilation included\)\.',
+                   caplog.text)
+
+
 def test_an_exploding_but_finite_loss_is_a_divergence(tmp_path, caplog):
   # Adam with a huge step: the loss grows by orders of magnitude and stays finite.
   config = tiny_config(num_devices=1, learning_rate=1e6, **SHORT)

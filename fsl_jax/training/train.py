@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 from flax.training import train_state
 
 from fsl_jax import config as config_lib
@@ -269,6 +269,82 @@ class Evaluator:
     return metrics_lib.summarize(accuracy), float(loss.mean())
 
 
+class Progress:
+  """Training progress lines whose rate and ETA count training steps only.
+
+  The first line comes right after the first step of a process (its time is the
+  compilation), then one every `every_secs`. The rate is measured over the
+  training steps of the last window, with the time spent in validation and
+  checkpointing (`paused`) taken out, so a validation never reads as a slow
+  step. The ETA adds the validations still to come, each at the measured cost
+  of the last one.
+
+  Attributes:
+    every_secs: seconds between progress lines.
+  """
+
+  every_secs = 60.0
+
+  def __init__(self, *, num_train_steps: int, start_step: int, eval_every: int,
+               writer=None, clock=time.time):
+    self.num_train_steps, self.eval_every = num_train_steps, eval_every
+    self.writer, self.clock = writer, clock
+    self.start_step = start_step
+    self.window_step, self.window_time, self.window_paused = start_step, clock(), 0.0
+    self.last_validation_s = None
+
+  @contextlib.contextmanager
+  def paused(self, what: str = ''):
+    """Time inside is not training time; `what='validate'` records a validation's cost."""
+    start = self.clock()
+    try:
+      yield
+    finally:
+      elapsed = self.clock() - start
+      self.window_paused += elapsed
+      if what == 'validate':
+        self.last_validation_s = elapsed
+
+  def eta_s(self, step: int, steps_per_s: float) -> float:
+    """Seconds left: the remaining steps at `steps_per_s`, and the remaining validations."""
+    eta = (self.num_train_steps - step) / steps_per_s
+    if self.eval_every and self.last_validation_s is not None:
+      remaining = (self.num_train_steps // self.eval_every - step // self.eval_every
+                   + (self.num_train_steps % self.eval_every != 0))
+      eta += remaining * self.last_validation_s
+    return eta
+
+  def __call__(self, step: int, block_on=None) -> str | None:
+    """Called after step `step` was dispatched; returns the line it logged, if any.
+
+    `block_on`: the step's outputs, waited for before the first line (otherwise
+    only the dispatch would be timed).
+    """
+    first = step == self.start_step + 1
+    now = self.clock()
+    if not first and now - self.window_time < self.every_secs:
+      return None
+    if first and block_on is not None:
+      jax.block_until_ready(block_on)
+      now = self.clock()
+    train_s = max(now - self.window_time - self.window_paused, 1e-9)
+    rate = (step - self.window_step) / train_s
+    if first:
+      line = (f'Step {step}/{self.num_train_steps}: the first step took {_duration(train_s)} '
+              '(compilation included).')
+    else:
+      line = (f'Step {step}/{self.num_train_steps}: {rate:.2f} steps/s, '
+              f'ETA {_duration(self.eta_s(step, rate))}')
+      if self.last_validation_s is not None:
+        line += f' (validations included, {self.last_validation_s:.0f} s each)'
+      line += '.'
+      if self.writer is not None:
+        self.writer.write_scalars(step, {'steps_per_sec': rate})
+    logging.info(line)
+    self.window_step, self.window_time, self.window_paused = step, now, 0.0
+    return line
+
+
 def _make_sources(config, splits, test: bool, devices):
   info = data_registry.get(config.dataset)
   spec = episode_spec(config, test=test)
@@ -490,7 +566,8 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
     metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
     history.JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
   ])
-  report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
+  report = Progress(num_train_steps=config.num_train_steps, start_step=start_step,
+                    eval_every=config.eval_every, writer=writer)
   pending, pending_from = [], start_step
 
   early_loss = None  # The mean loss of the first logged window of this process.
@@ -513,22 +590,24 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
     for step in range(start_step + 1, config.num_train_steps + 1):
       p_state, step_metrics = p_train_step(p_state, train_inputs(step))
       pending.append(step_metrics)
-      report(step, time.time())
+      report(step, block_on=step_metrics)
       last = step == config.num_train_steps
       if step % config.log_every == 0 or last:
         flush(step)
       if config.eval_every and (step % config.eval_every == 0 or last):
         flush(step)
-        with report.timed('validate'):
+        with report.paused('validate'):
           summary, loss = validate(_eval_variables(p_state))
         writer.write_scalars(step, {'val/accuracy': summary.accuracy, 'val/loss': loss})
         logging.info('Step %d: validation %s', step, summary)
         if summary.accuracy > best['accuracy']:
           best = {'accuracy': summary.accuracy, 'step': step}
-          ckpt.save_best(parallel.unreplicate(p_state), best)
+          with report.paused():
+            ckpt.save_best(parallel.unreplicate(p_state), best)
       if step % config.checkpoint_every == 0 or last or stop:
         flush(step)  # Never checkpoint a state that diverged.
-        ckpt.save(step, parallel.unreplicate(p_state), best)
+        with report.paused():
+          ckpt.save(step, parallel.unreplicate(p_state), best)
       if stop:
         ckpt.wait()
         writer.flush()
