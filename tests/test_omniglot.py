@@ -107,3 +107,22 @@ def test_incomplete_class_is_a_clear_error(tmp_path, data_dir):
 def test_unknown_split():
   with pytest.raises(errors.DataError, match="Unknown Omniglot split 'training'"):
     omniglot.load('training')
+
+
+def test_a_cache_dir_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
+  """Below a file (mkdir fails), and full or read-only (writing fails: root ignores
+  permissions here, so the write is made to fail), nothing is left half-written."""
+  from fsl_jax.data import cache
+  from fsl_jax.data.dataset import ClassMajorDataset
+  dataset = ClassMajorDataset(np.zeros((2, 1, 4, 4, 1), np.uint8), ('a', 'b'))
+  (tmp_path / 'file').write_text('')
+  with pytest.raises(errors.DataError, match=r'Cannot create the cache folder .*file/below'):
+    cache.write(str(tmp_path / 'file' / 'below'), 'train', dataset)
+
+  def full(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+
+  monkeypatch.setattr(np, 'save', full)
+  with pytest.raises(errors.DataError, match=r'No space left on device.*free some space'):
+    cache.write(str(tmp_path / 'cache'), 'train', dataset)
+  assert os.listdir(tmp_path / 'cache') == []

@@ -284,3 +284,14 @@ def test_an_exploding_but_finite_loss_is_a_divergence(tmp_path, caplog):
     train.train_and_evaluate(config, str(tmp_path / 'stop'))
   config = tiny_config(num_devices=1, stop_on_divergence=True, **SHORT)
   train.train_and_evaluate(config, str(tmp_path / 'fine'))  # A normal run is not flagged.
+
+
+def test_a_workdir_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypatch):
+  # Root ignores permissions on this machine, so `os.access` says no instead.
+  real_access = os.access
+  monkeypatch.setattr(os, 'access', lambda path, mode: (
+    False if str(path) == str(tmp_path) else real_access(path, mode)))
+  config = tiny_config(num_devices=1, **{**SHORT, 'num_train_steps': 1})
+  with pytest.raises(config_lib.ConfigError, match=r'is not writable; choose a --workdir'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not (tmp_path / 'run').exists()
