@@ -20,19 +20,19 @@ setup(
     'absl-py',
     'ml_collections',
     'orbax-checkpoint>=0.11',
-    'clu',
-    'tensorflow-datasets',
-    # clu's TensorBoard writer needs TensorFlow; the CPU build is enough (JAX
-    # does the compute).
-    'tensorflow-cpu',
+    # TensorBoard's event-file format and protos only (fsl_jax/training/writers.py):
+    # no TensorFlow.
     'tensorboard',
     'numpy',
     'pillow',
   ],
   extras_require={
+    # Datasets prepared by TFDS (CIFAR-100 in a TFDS data dir), which it reads
+    # with tf.data; the CPU build of TensorFlow is enough (JAX does the compute).
+    'tfds': ['tensorflow-datasets', 'tensorflow-cpu'],
     # importlib_resources: TFDS needs it to prepare a dataset (tests/test_cifar.py).
-    'test': ['pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel', 'matplotlib', 'ruff',
-             'importlib_resources'],
+    'test': ['fsl_jax[tfds]', 'pytest', 'pytest-xdist', 'nbclient', 'nbformat', 'ipykernel',
+             'matplotlib', 'ruff', 'importlib_resources'],
     'colab': ['matplotlib'],
     # Reading the official PyTorch EGNN's checkpoints (experiments/convert_egnn_reference.py).
     'torch': ['torch'],

@@ -7,7 +7,7 @@ import sys
 import traceback
 
 import jax
-from absl import logging
+from absl import flags, logging
 
 import fsl_jax  # noqa: F401  (sets the XLA flags before any backend starts)
 
@@ -19,18 +19,30 @@ class _QuietLibraries(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+flags.DEFINE_string('coordinator_address', None,
+                    'Multi-process runs: host:port of process 0 (default: '
+                    '$JAX_COORDINATOR_ADDRESS; Cloud TPU slices are detected).')
+flags.DEFINE_integer('num_processes', None, 'Multi-process runs: the number of processes '
+                     '(default: $JAX_NUM_PROCESSES).')
+flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0 to '
+                     'num_processes - 1 (default: $JAX_PROCESS_ID).')
+
+
 def setup() -> None:
-  """Hides accelerators from TensorFlow (used only for summaries) and logs the devices."""
+  """Joins a multi-process run if there is one, and logs the devices."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  try:
-    import tensorflow as tf
+  from fsl_jax import parallel
 
-    tf.config.set_visible_devices([], 'GPU')
-  except ImportError:
-    pass
-  logging.info('JAX %s, %d local devices: %s; XLA_FLAGS=%r', jax.__version__,
-               jax.local_device_count(), jax.local_devices(), os.environ.get('XLA_FLAGS', ''))
+  try:
+    parallel.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes,
+                        flags.FLAGS.process_id)
+  except ValueError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  logging.info('JAX %s, process %d of %d, %d local devices: %s; XLA_FLAGS=%r', jax.__version__,
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.local_devices(), os.environ.get('XLA_FLAGS', ''))
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -41,8 +53,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   Python traceback; here each becomes one line, naming the nearest known field
   for an unknown one.
   """
-  from absl import flags
-
   try:
     remaining = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:

@@ -157,6 +157,16 @@ def test_missing_cifar_names_both_sources(tmp_path, monkeypatch):
     registry.load_dataset('fc100', 'train', str(tmp_path), str(tmp_path / 'cache'))
 
 
+def test_a_tfds_folder_without_tfds_installed_says_how_to_install_it(tmp_path, monkeypatch):
+  import sys
+  (tmp_path / 'tfds' / 'cifar100').mkdir(parents=True)
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # As if not installed.
+  with pytest.raises(errors.DataError,
+                     match=r"needs tensorflow_datasets: pip install 'fsl_jax\[tfds\]'"):
+    registry.load_dataset('fc100', 'train', str(tmp_path), str(tmp_path / 'cache'))
+
+
 def test_corrupt_archive_and_incomplete_classes_are_clear_errors(cifar_root, tmp_path):
   (tmp_path / 'cifar100').mkdir()
   payload = (cifar_root / 'data' / 'cifar100' / cifar.ARCHIVE).read_bytes()

@@ -220,7 +220,14 @@ def _tfds_prepared(tfds_dir: str):
   """`(description, key, decode)` for TFDS's cifar100 prepared in `tfds_dir`, or None."""
   if not os.path.isdir(os.path.join(tfds_dir, 'cifar100')):
     return None
-  import tensorflow_datasets as tfds
+  try:
+    import tensorflow  # noqa: F401  (TFDS reads its prepared files with tf.data)
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise errors.DataError(
+      f'{os.path.join(tfds_dir, "cifar100")} is a TFDS-prepared CIFAR-100, and reading it '
+      f"needs {e.name}: pip install 'fsl_jax[tfds]' (TensorFlow and TFDS), or put the "
+      'python archive cifar-100-python.tar.gz in DIR/cifar100/ instead.') from None
 
   builder = tfds.builder('cifar100', data_dir=tfds_dir)
   if not builder.is_prepared():

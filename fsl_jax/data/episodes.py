@@ -205,7 +205,7 @@ class DeviceEpisodes:
   mean: float | tuple[float, ...] = 0.0
   std: float | tuple[float, ...] = 1.0
   split: str = ''
-  devices: list | None = None  # Default: all local devices.
+  devices: list | None = None  # The pmap's devices (of every process); default: local.
   # Training sources only: `(key, [n, H, W, C] images in [0, 1]) -> images`.
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None
   field_prefix: str = ''  # Config fields of this shape, for errors: '' or 'test_'.
@@ -248,7 +248,7 @@ class HostEpisodes:
   mean: float | tuple[float, ...] = 0.0
   std: float | tuple[float, ...] = 1.0
   split: str = ''
-  devices: list | None = None  # Default: all local devices.
+  devices: list | None = None  # The pmap's devices (of every process); default: local.
   prefetch: int = 2  # Steps sampled ahead, in background threads.
   augment: Callable[[jax.Array, jax.Array], jax.Array] | None = None  # As `DeviceEpisodes`.
   field_prefix: str = ''  # As `DeviceEpisodes`.
@@ -282,7 +282,9 @@ class HostEpisodes:
     return Episode(*arrays)
 
   def enqueue(self, keys: np.ndarray) -> None:
-    """Starts sampling the batch of episodes of `keys` `[devices, per_device]`."""
+    """Starts sampling the batch of episodes of `keys` `[devices, per_device]`: of the
+    rows of this process's devices only, in a multi-process run."""
+    keys = keys[parallel.local_rows(self.devices or jax.local_devices())]
     self._queue.append(self._pool.submit(self._batch, keys))
 
   def _batch(self, keys):

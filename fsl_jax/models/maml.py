@@ -282,7 +282,8 @@ class MAML(FewShotMethod):
     if config.remat:
       raise ValueError('maml recomputes per inner step instead: set inner_remat=True, not remat.')
     if config.compute_dtype != 'float32':
-      raise ValueError(f"maml computes in float32 only; got compute_dtype={config.compute_dtype!r}.")
+      raise ValueError('maml computes in float32 only; got '
+                       f'compute_dtype={config.compute_dtype!r}.')
     return cls(filters=config.filters, downsample=config.downsample, head_init=config.head_init,
                inner_lr=float(config.inner_lr), inner_steps=config.inner_steps,
                test_inner_steps=config.test_inner_steps, first_order=config.first_order,

@@ -63,6 +63,24 @@ def _abstract(state) -> dict:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, _pack(state, {'accuracy': 0., 'step': 0}))
 
 
+def _multiprocess() -> bool:
+  return jax.process_count() > 1
+
+
+def _for_saving(state):
+  """In a multi-process run every process holds the same state on its own devices:
+  as NumPy arrays, Orbax writes it once (from the main process)."""
+  return jax.device_get(state) if _multiprocess() else state
+
+
+def _restore_target(state) -> dict:
+  """What Orbax restores into: the arrays' shapes and placement, or in a multi-process
+  run NumPy arrays (each process then places its copy)."""
+  if _multiprocess():
+    return _pack(jax.device_get(state), {'accuracy': 0., 'step': 0})
+  return _abstract(state)
+
+
 class Checkpoints:
   """`workdir/checkpoints/<step>` (the latest `keep`) and `workdir/best/<step>`.
 
@@ -80,10 +98,11 @@ class Checkpoints:
       options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
 
   def save(self, step: int, state, best: dict) -> None:
-    self._latest.save(step, args=ocp.args.StandardSave(_pack(state, best)))
+    self._latest.save(step, args=ocp.args.StandardSave(_pack(_for_saving(state), best)))
 
   def save_best(self, state, best: dict) -> None:
-    self._best.save(best['step'], args=ocp.args.StandardSave(_pack(state, best)), force=True)
+    self._best.save(best['step'], args=ocp.args.StandardSave(_pack(_for_saving(state), best)),
+                    force=True)
 
   def restore_latest(self, state, set_aside_unreadable: bool = False):
     """Returns (state, best) from the newest readable checkpoint, or `state` unchanged.
@@ -144,6 +163,14 @@ class Checkpoints:
         self._best.delete(step)
 
   def _set_aside(self, steps) -> None:
+    if jax.process_index() == 0:  # The folders are shared; one process moves them.
+      self._move_aside(steps)
+    if _multiprocess():
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices('fsl_jax: unreadable checkpoints set aside')
+    self._latest.reload()
+
+  def _move_aside(self, steps) -> None:
     target = os.path.join(self._workdir, 'unreadable_checkpoints')
     os.makedirs(target, exist_ok=True)
     for step in steps:
@@ -154,7 +181,6 @@ class Checkpoints:
         destination = os.path.join(target, f'{step}.{suffix}')
       os.replace(self._step_dir(self._latest, step), destination)
       logging.warning('Moved the unreadable checkpoint of step %d to %s.', step, destination)
-    self._latest.reload()
 
   @staticmethod
   def _step_dir(manager, step) -> str:
@@ -162,7 +188,7 @@ class Checkpoints:
 
   @staticmethod
   def _restore(manager, step, state):
-    restored = manager.restore(step, args=ocp.args.StandardRestore(_abstract(state)))
+    restored = manager.restore(step, args=ocp.args.StandardRestore(_restore_target(state)))
     best = {'accuracy': float(restored['best_accuracy']), 'step': int(restored['best_step'])}
     return restored['state'], best
 

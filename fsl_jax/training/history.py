@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import os
 
-from clu.metric_writers import logging_writer
+from fsl_jax.training import writers
 
 
-class JsonlWriter(logging_writer.LoggingWriter):
-  """A clu writer that appends `{"step": s, name: value, ...}` lines to a file.
+class JsonlWriter(writers.MetricWriter):
+  """Appends `{"step": s, name: value, ...}` lines to a file, values as floats.
 
-  Only scalars go to the file; everything else is logged as `LoggingWriter` does.
-  A resumed run appends to the same file.
+  Each write opens and closes the file, so there is nothing to flush. A resumed
+  run appends to the same file.
   """
 
   def __init__(self, path: str):
-    super().__init__()
     self._path = path
     # A run killed mid-write leaves a partial last line: start on a fresh one.
     if os.path.isfile(path) and os.path.getsize(path):
@@ -25,7 +24,7 @@ class JsonlWriter(logging_writer.LoggingWriter):
         if f.read(1) != b'\n':
           f.write(b'\n')
 
-  def write_scalars(self, step, scalars):
+  def write_scalars(self, step: int, scalars: writers.Scalars) -> None:
     with open(self._path, 'a') as f:
       f.write(json.dumps({'step': int(step), **{k: float(v) for k, v in scalars.items()}}) + '\n')
 

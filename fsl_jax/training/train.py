@@ -27,7 +27,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from clu import metric_writers
 from flax.training import train_state
 
 from fsl_jax import config as config_lib
@@ -40,7 +39,7 @@ from fsl_jax.evaluation import metrics as metrics_lib
 from fsl_jax.models import backbones
 from fsl_jax.models import base as models_base
 from fsl_jax.training import checkpoint as checkpoint_lib
-from fsl_jax.training import history
+from fsl_jax.training import history, writers
 
 AXIS = parallel.AXIS
 
@@ -216,7 +215,11 @@ def train_step(state: TrainState, inputs, *, model, source, spec, per_device: in
 
 
 def eval_step(variables, inputs, first, *, model, source, spec, key, per_device: int):
-  """Per-episode accuracy and loss of episodes `first + d * per_device + i`; under pmap."""
+  """Per-episode accuracy and loss of episodes `first + d * per_device + i`; under pmap.
+
+  Every device returns those of all devices, `[devices, per_device]` each, so that
+  each process holds the whole call's results in a multi-process run.
+  """
   episodes = source.episodes(inputs, device_episode_keys(key, first, per_device))
 
   def one(episode):
@@ -224,7 +227,7 @@ def eval_step(variables, inputs, first, *, model, source, spec, key, per_device:
     loss, _ = model.loss(outputs, hide_unlabeled_labels(episode))
     return jnp.mean(jnp.argmax(outputs.logits, -1) == episode.query_labels), loss
 
-  return jax.vmap(one)(episodes)
+  return jax.lax.all_gather(jax.vmap(one)(episodes), AXIS)
 
 
 class Evaluator:
@@ -238,7 +241,7 @@ class Evaluator:
 
   def __init__(self, model, source, *, num_episodes: int, seed: int, per_device: int):
     self.source, self.num_episodes = source, num_episodes
-    devices = source.devices or jax.local_devices()
+    devices = source.devices or jax.local_devices()  # Of every process.
     self.devices = len(devices)
     self.per_device = max(1, min(per_device, -(-num_episodes // self.devices)))
     self.key = jax.random.PRNGKey(seed)
@@ -264,7 +267,8 @@ class Evaluator:
         logging.info('Evaluated %d/%d %s episodes, %.1f episodes/s, ETA %s.', done,
                      self.num_episodes, self.source.split or '', rate,
                      _duration((self.num_episodes - done) / rate))
-    accuracy, loss = (np.concatenate([np.asarray(o[i]).reshape(-1) for o in outputs])
+    # `o[i][0]`: the first local device's copy of all devices' results.
+    accuracy, loss = (np.concatenate([np.asarray(o[i][0]).reshape(-1) for o in outputs])
                       [: self.num_episodes] for i in range(2))
     return metrics_lib.summarize(accuracy), float(loss.mean())
 
@@ -368,9 +372,16 @@ def _make_sources(config, splits, test: bool, devices):
   return sources
 
 
+def _run_devices(config) -> list:
+  try:
+    return parallel.run_devices(config.num_devices)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from None
+
+
 def build(config: ml_collections.ConfigDict, training: bool = True):
   """Validates `config` and returns it completed, with the method module."""
-  config = config_lib.validate(config, jax.local_device_count(), training=training)
+  config = config_lib.validate(config, jax.device_count(), training=training)
   try:
     return config, models_base.get_method(config.method).from_config(config)
   except ValueError as e:  # E.g. an unknown backbone.
@@ -469,7 +480,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   # Everything that can be checked (data present and decodable, episode shapes
   # against split sizes) is checked before anything is written to `workdir`.
-  devices = jax.local_devices()[: config.num_devices or None]
+  devices = _run_devices(config)
   (train_source,) = _make_sources(config, [config.train_split], False, devices)
   (test_source,) = _make_sources(config, [config.test_split], True, devices)
   if config.eval_every:
@@ -483,8 +494,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   except OSError as e:
     raise config_lib.ConfigError(f'Cannot write to the workdir {workdir} ({e.strerror}); '
                                  'choose a --workdir you can write to.') from None
-  with checkpoint_lib.workdir_lock(workdir):
-    write_json(os.path.join(workdir, 'config.json'), config.to_dict())
+  # One lock and one writer per run: the main process (the workdir is shared by
+  # all processes of a multi-process run, e.g. a bucket or a network folder).
+  main = parallel.is_main_process()
+  with checkpoint_lib.workdir_lock(workdir) if main else contextlib.nullcontext():
+    if main:
+      write_json(os.path.join(workdir, 'config.json'), config.to_dict())
     return _train(config, model, workdir, devices, train_source, test_source, validate,
                   start_time)
 
@@ -562,9 +577,10 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
 
   queued = set()
 
-  writer = metric_writers.MultiWriter([
-    metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0),
-    history.JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
+  main = parallel.is_main_process()
+  writer = writers.MultiWriter([
+    writers.create_default_writer(workdir, just_logging=not main),
+    *([history.JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))] if main else []),
   ])
   report = Progress(num_train_steps=config.num_train_steps, start_step=start_step,
                     eval_every=config.eval_every, writer=writer)
@@ -586,8 +602,12 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
     pending, pending_from = [], step
 
   train_start = time.time()
-  with _signals_as_requests() as stop:
+  # A signal reaches one process of a multi-process run, or several at other steps:
+  # they agree at the logging steps (one collective there), single processes at once.
+  multiprocess = jax.process_count() > 1
+  with _signals_as_requests() as requested:
     for step in range(start_step + 1, config.num_train_steps + 1):
+      stop = [] if multiprocess else requested
       p_state, step_metrics = p_train_step(p_state, train_inputs(step))
       pending.append(step_metrics)
       report(step, block_on=step_metrics)
@@ -604,6 +624,8 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
           best = {'accuracy': summary.accuracy, 'step': step}
           with report.paused():
             ckpt.save_best(parallel.unreplicate(p_state), best)
+      if multiprocess and (step % config.log_every == 0 or last):
+        stop = [0] if parallel.any_process(bool(requested)) else []  # All stop together.
       if step % config.checkpoint_every == 0 or last or stop:
         flush(step)  # Never checkpoint a state that diverged.
         with report.paused():
@@ -611,7 +633,8 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
       if stop:
         ckpt.wait()
         writer.flush()
-        raise Interrupted(signal.Signals(stop[0]).name, step, workdir)
+        name = signal.Signals(requested[0]).name if requested else 'another process\'s signal'
+        raise Interrupted(name, step, workdir)
   train_time = time.time() - train_start
   ckpt.wait()
 
@@ -626,8 +649,10 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
   writer.write_scalars(config.num_train_steps, {'test/accuracy': summary.accuracy})
   writer.flush()
   results = results_dict(config, summary, devices=len(devices), best=best, test_loss=test_loss,
-                         wall_time_s=time.time() - start_time, train_time_s=train_time)
-  write_json(os.path.join(workdir, 'results.json'), results)
+                         wall_time_s=time.time() - start_time, train_time_s=train_time,
+                         processes=jax.process_count())
+  if main:
+    write_json(os.path.join(workdir, 'results.json'), results)
   return results
 
 
@@ -732,7 +757,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
     (plus `_<field>-<value>` for each override of another field).
   """
   config, model = build(_load_config(workdir, overrides), training=False)
-  devices = jax.local_devices()[: config.num_devices or None]
+  devices = _run_devices(config)
   (source,) = _make_sources(config, [config.test_split], True, devices)
   state = _restore(config, model, workdir, checkpoint, source.image_shape)
   evaluator = Evaluator(model, source, num_episodes=config.eval_episodes, seed=config.eval_seed,
@@ -746,5 +771,6 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = 'best', **overrides) 
   extra = ''.join(f'_{k}-{v}' for k, v in sorted(overrides.items()) if k not in _NAMED_FIELDS)
   name = (f'eval_{config.test_split}_{config.test_way}way_{config.test_shot}shot_'
           f'{config.test_query}query_{config.eval_episodes}episodes_{checkpoint}{extra}.json')
-  write_json(os.path.join(workdir, name), results)
+  if parallel.is_main_process():
+    write_json(os.path.join(workdir, name), results)
   return results
