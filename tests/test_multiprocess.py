@@ -2,25 +2,31 @@
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
 import numpy as np
 import pytest
-from helpers import CONFIGS, tiny_config, trained_state
+from helpers import CONFIGS, tiny_config
 
 from fsl_jax import parallel
-from fsl_jax.training import history, train
+from fsl_jax.training import checkpoint, history, train
 
 REPO = CONFIGS.parents[1]
 # SGD: Adam's first steps are lr * sign(gradient), which rounding can flip (the
 # two layouts sum the devices' gradients in different orders).
-FIELDS = dict(meta_batch_size=4, optimizer='sgd', learning_rate=0.05, eval_every=2,
-              val_episodes=8, eval_episodes=12, eval_batch_size=2, checkpoint_every=2,
-              log_every=1)
+# 20 steps of 16 episodes: slow enough for a signal to land mid-run. Every 4th step
+# is kept, to compare the layouts after 4 steps: later, rounding (the layouts sum
+# the devices' gradients in other orders) grows, from 1e-7 in the loss at step 5 to
+# 1e-4 at step 20, and can flip a near-tied test prediction.
+FIELDS = dict(meta_batch_size=16, optimizer='sgd', learning_rate=0.05, num_train_steps=20,
+              eval_every=10, val_episodes=8, eval_episodes=12, eval_batch_size=2,
+              checkpoint_every=4, keep_checkpoints=10, log_every=1, episode_sampling='host')
 
 
 def _free_port() -> int:
@@ -29,59 +35,96 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _train_two_processes(workdir, steps: int, sampling: str) -> None:
+def _start_two_processes(workdir) -> list[subprocess.Popen]:
   """`experiments/train.py` as 2 processes with 2 devices each, on one coordinator."""
   flags = [f'--config={CONFIGS / "protonet_omniglot.py"}:tiny', f'--workdir={workdir}',
-           f'--config.num_train_steps={steps}', f'--config.episode_sampling={sampling}',
            f'--coordinator_address=127.0.0.1:{_free_port()}', '--num_processes=2',
            *(f'--config.{k}={v}' for k, v in FIELDS.items())]
   # The device-count flag alone: the test session's own XLA_FLAGS ask for 4.
   env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2',
          'PYTHONPATH': str(REPO)}
-  processes = [subprocess.Popen([sys.executable, '-m', 'experiments.train', *flags,
-                                 f'--process_id={i}'], cwd=REPO, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-               for i in range(2)]
+  return [subprocess.Popen([sys.executable, '-m', 'experiments.train', *flags,
+                            f'--process_id={i}'], cwd=REPO, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+
+
+def _finish(processes, expect: int = 0) -> list[str]:
+  """Waits for both (bounded), kills what is left; checks the exit statuses."""
   try:
-    outputs = [p.communicate(timeout=300) for p in processes]
+    outputs = [p.communicate(timeout=300)[1] for p in processes]
   finally:
     for p in processes:  # A hung collective must not outlive the test.
       if p.poll() is None:
         p.kill()
         p.communicate()
-  for i, (p, (_, stderr)) in enumerate(zip(processes, outputs, strict=True)):
-    assert p.returncode == 0, f'process {i}:\n{stderr[-3000:]}'
-  assert 'process 1 of 2, 2 local devices' in outputs[1][1]
+  assert [p.returncode for p in processes] == [expect] * 2, [e[-2000:] for e in outputs]
+  return outputs
+
+
+def _state(config, workdir, step=None):
+  config, model = train.build(config)
+  template = train.create_train_state(config, model, (28, 28, 1), jax.random.PRNGKey(0))
+  ckpt = checkpoint.Checkpoints(str(workdir), keep=10)
+  return (ckpt.restore_step(template, step) if step else ckpt.restore_latest(template))[0]
+
+
+def _losses(workdir) -> dict:
+  return {r['step']: r['train/loss'] for r in history.read(str(workdir)) if 'train/loss' in r}
 
 
 @pytest.mark.slow
-def test_two_processes_equal_one_process_with_their_devices(tmp_path, sampling='host'):
-  """Trained for 2 steps, then resumed to 4 (the checkpoint is written and read by
-  2 processes); parameters, validation and test equal 4 straight steps on 4 local
-  devices, and only process 0 wrote the run's files. Host sampling: each process
-  samples the episodes of its own devices only (2.5 minutes a case on this CPU;
-  device sampling passed the same test when it was written)."""
-  assert jax.local_device_count() == 4
-  single = tiny_config(num_devices=4, num_train_steps=4, episode_sampling=sampling, **FIELDS)
-  want = train.train_and_evaluate(single, str(tmp_path / 'single'))
+def test_two_processes_train_and_resume_as_one_process_with_their_devices(tmp_path):
+  """Host sampling: each process samples its own devices' episodes only (device
+  sampling passed the same test when it was written).
 
-  workdir = tmp_path / 'multi'
-  _train_two_processes(workdir, steps=2, sampling=sampling)
-  _train_two_processes(workdir, steps=4, sampling=sampling)
-  with open(workdir / 'results.json') as f:
-    got = json.load(f)
-  assert got['devices'] == 4 and got['processes'] == 2 and got['steps'] == 4
-  assert got['test_episodes'] == want['test_episodes'] == 12
-  np.testing.assert_allclose(got['test_accuracy'], want['test_accuracy'], atol=1e-6)
-  assert got['best'] == pytest.approx(want['best'])
-  a, b = trained_state(single, str(tmp_path / 'single')), trained_state(single, str(workdir))
-  assert int(a.step) == int(b.step) == 4
+  1. After 4 steps the parameters equal those of one process of 4 devices.
+  2. SIGTERM reaches process 1 alone during training: both stop at the same step,
+     save it and exit 130; the rerun resumes exactly (bit for bit the run that
+     was not interrupted), and only process 0 wrote the run's files.
+  3. The two processes' test accuracy equals one process's evaluation of the
+     same checkpoint on the same fixed episodes.
+  """
+  assert jax.local_device_count() == 4
+  config = tiny_config(num_devices=4, **{**FIELDS, 'num_train_steps': 4})
+  train.train_and_evaluate(config, str(tmp_path / 'single'))
+
+  straight = tmp_path / 'straight'
+  err = _finish(_start_two_processes(straight))
+  assert 'process 1 of 2, 2 local devices' in err[1]
+  a, b = _state(config, tmp_path / 'single'), _state(config, straight, step=4)
   chex.assert_trees_all_close((a.params, a.batch_stats), (b.params, b.batch_stats),
                               rtol=1e-5, atol=1e-6)
-  # One writer: every step's metrics once, in order, over the two invocations.
-  rows = [json.loads(line) for line in open(workdir / 'metrics.jsonl')]
-  assert [r['step'] for r in rows if 'train/loss' in r] == [1, 2, 3, 4]
-  assert [r['step'] for r in history.read(str(workdir)) if 'val/accuracy' in r] == [2, 4]
+
+  resumed = tmp_path / 'resumed'
+  processes = _start_two_processes(resumed)
+  metrics, deadline = resumed / 'metrics.jsonl', time.time() + 300
+  while not (metrics.exists() and '"step": 2,' in metrics.read_text()):
+    if any(p.poll() is not None for p in processes) or time.time() > deadline:
+      _finish(processes, expect=-1)  # Fails, with both processes' output.
+    time.sleep(0.2)
+  processes[1].send_signal(signal.SIGTERM)
+  err = _finish(processes, expect=130)
+  saved = {int(e.strip().splitlines()[-1].split(' at step ')[1].split(';')[0]) for e in err}
+  assert len(saved) == 1 and 2 <= min(saved) < FIELDS['num_train_steps'], saved
+  assert "interrupted by another process's signal" in err[0] and 'by SIGTERM' in err[1]
+  assert not (resumed / 'results.json').exists()
+  _finish(_start_two_processes(resumed))
+  x, y = _state(config, straight), _state(config, resumed)
+  assert int(x.step) == int(y.step) == 20
+  jax.tree.map(np.testing.assert_array_equal, (x.params, x.batch_stats), (y.params, y.batch_stats))
+  assert _losses(resumed) == _losses(straight) and sorted(_losses(resumed)) == list(range(1, 21))
+  # One writer: each step's line once, over the two invocations.
+  logged = [json.loads(line)['step'] for line in open(metrics) if 'train/loss' in line]
+  assert sorted(logged) == list(range(1, 21))
+
+  with open(resumed / 'results.json') as f:
+    got = json.load(f)
+  with open(straight / 'results.json') as f:
+    assert json.load(f)['test_accuracy'] == got['test_accuracy']
+  assert got['devices'] == 4 and got['processes'] == 2 and got['test_episodes'] == 12
+  here = train.evaluate_checkpoint(str(resumed), checkpoint='best')
+  assert here['checkpoint_step'] == got['best']['step']
+  np.testing.assert_allclose(here['test_accuracy'], got['test_accuracy'], atol=1e-7)
 
 
 def test_a_multiprocess_launch_needs_all_three_settings(monkeypatch):

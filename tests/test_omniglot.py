@@ -1,6 +1,7 @@
-"""Omniglot loading: the Vinyals split, the cache, and clear errors on bad data."""
+"""Omniglot loading: the Vinyals split, the cache, TFDS, and clear errors on bad data."""
 
 import os
+import sys
 import zipfile
 
 import numpy as np
@@ -76,12 +77,18 @@ def test_too_few_characters_for_the_split_is_a_clear_error(tmp_path, data_dir):
     omniglot.load('test', small, str(tmp_path / 'cache'))
 
 
-def test_missing_data_names_the_files_and_the_fix(tmp_path):
+def test_missing_data_names_the_files_and_the_fix(tmp_path, monkeypatch):
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  monkeypatch.setenv('HOME', str(tmp_path))
   with pytest.raises(errors.DatasetNotFoundError) as e:
     omniglot.load('train', str(tmp_path / 'nowhere'), str(tmp_path / 'cache'))
   message = str(e.value)
   assert 'images_background.zip' in message and 'images_evaluation.zip' in message
   assert str(tmp_path / 'nowhere' / 'omniglot') in message and 'data_dir' in message
+  # Both sources: the TFDS folders searched too.
+  for tfds_dir in ('nowhere/tensorflow_datasets', 'tfds', 'tensorflow_datasets'):
+    assert str(tmp_path / tfds_dir / 'omniglot') in message
+  assert "tfds.builder('omniglot'" in message
 
 
 def test_corrupt_archive_is_a_clear_error(tmp_path, data_dir):
@@ -126,3 +133,119 @@ def test_a_cache_dir_that_cannot_be_written_is_a_clear_error(tmp_path, monkeypat
   with pytest.raises(errors.DataError, match=r'No space left on device.*free some space'):
     cache.write(str(tmp_path / 'cache'), 'train', dataset)
   assert os.listdir(tmp_path / 'cache') == []
+
+
+def _tiny_fixture(root, data_dir):
+  """Real upstream images of a few characters, as archives and as TFDS extracts them.
+
+  `root/data/omniglot/` gets both zips: three background alphabets and two
+  evaluation ones, the first and last character of each, 20 drawings a character.
+  `root/extracted/<name>/` gets the folders TFDS's download manager extracts:
+  `train`/`eval` from those zips; `small1`/`small2` (splits fsl_jax ignores) one
+  drawing of every real character, since TFDS's builder insists on all 50
+  alphabets and 1623 character labels.
+  """
+  (root / 'data' / 'omniglot').mkdir(parents=True)
+  extracted = {}
+  for archive, alphabets, tfds_name, small in (('images_background', 3, 'train', 'small1'),
+                                               ('images_evaluation', 2, 'eval', 'small2')):
+    zip_path = root / 'data' / 'omniglot' / (archive + '.zip')
+    with zipfile.ZipFile(os.path.join(data_dir, 'omniglot', archive + '.zip')) as src, \
+        zipfile.ZipFile(zip_path, 'w') as dst:
+      pngs = sorted(n for n in src.namelist() if n.endswith('.png'))
+      chars = {}
+      for n in pngs:
+        _, alphabet, char, _ = n.split('/')
+        chars.setdefault(alphabet, set()).add(char)
+      keep = {(a, c) for a in sorted(chars)[:alphabets] for c in (min(chars[a]), max(chars[a]))}
+      for n in pngs:
+        if tuple(n.split('/')[1:3]) in keep:
+          dst.writestr(n, src.read(n))
+          _write(root / 'extracted' / tfds_name / n, src.read(n))
+        if n.endswith('_01.png'):
+          _write(root / 'extracted' / small / f'{archive}_{small}' / n.split('/', 1)[1],
+                 src.read(n))
+    extracted.update({tfds_name: str(root / 'extracted' / tfds_name),
+                      small: str(root / 'extracted' / small)})
+  return extracted
+
+
+def _write(path, payload):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_bytes(payload)
+
+
+@pytest.fixture(scope='module')
+def tiny_tfds(tmp_path_factory, data_dir):
+  """`(archives data dir, TFDS data dir)`: one tiny Omniglot in both formats."""
+  tfds = pytest.importorskip('tensorflow_datasets')
+  root = tmp_path_factory.mktemp('omniglot_tfds')
+  extracted = _tiny_fixture(root, data_dir)
+  builder = tfds.builder('omniglot', data_dir=str(root / 'tfds_data' / 'tensorflow_datasets'))
+  with pytest.MonkeyPatch.context() as m:  # The fixture's folders instead of a download.
+    m.setattr(tfds.download.DownloadManager, 'download_and_extract',
+              lambda self, urls: {k: extracted[k] for k in urls})
+    builder.download_and_prepare()
+  return str(root / 'data'), str(root / 'tfds_data')
+
+
+@pytest.fixture
+def tiny_split(monkeypatch):
+  """The Vinyals split rules scaled to the tiny fixture: 6 background + 1 evaluation
+  character for train+val (the cut inside an alphabet, as Gurmukhi's), one validation
+  alphabet, 3 test characters."""
+  monkeypatch.setattr(omniglot, 'NUM_TRAINVAL_CHARACTERS', 7)
+  monkeypatch.setattr(omniglot, 'VAL_ALPHABETS', ('Anglo-Saxon_Futhorc',))
+
+
+def test_tfds_prepared_omniglot_gives_the_same_arrays(tiny_tfds, tiny_split, tmp_path,
+                                                      monkeypatch):
+  archives, tfds_data = tiny_tfds
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'none'))
+  sizes = {'train': 5 * 4, 'val': 2 * 4, 'trainval': 7 * 4, 'test': 3 * 4}
+  for split, classes in sizes.items():
+    from_tfds = omniglot.load(split, tfds_data, str(tmp_path / 'c1'))
+    from_archives = omniglot.load(split, archives, str(tmp_path / 'c2'))
+    assert from_tfds.images.shape == (classes, 20, 28, 28, 1)
+    assert from_tfds.class_names == from_archives.class_names
+    np.testing.assert_array_equal(from_tfds.images, from_archives.images)
+    if split == 'val':
+      assert from_tfds.class_names[0] == 'Anglo-Saxon_Futhorc/character01/rot000'
+  # Each source has its own cache entry, decoded once into the same layout.
+  [tfds_entry] = os.listdir(tmp_path / 'c1' / 'omniglot')
+  [archive_entry] = os.listdir(tmp_path / 'c2' / 'omniglot')
+  assert tfds_entry.startswith(f'v{omniglot._CACHE_FORMAT}-tfds-') and tfds_entry != archive_entry
+  assert sorted(os.listdir(tmp_path / 'c1' / 'omniglot' / tfds_entry)) == sorted(
+    os.listdir(tmp_path / 'c2' / 'omniglot' / archive_entry))
+
+
+def test_tfds_with_an_unknown_key_scheme_keeps_its_file_order(tiny_tfds, tiny_split,
+                                                              monkeypatch, caplog):
+  """If the drawers cannot be recovered, the classes still hold the right images."""
+  import tensorflow_datasets as tfds
+  archives, tfds_data = tiny_tfds
+  builder = tfds.builder('omniglot', data_dir=os.path.join(tfds_data, 'tensorflow_datasets'))
+  expected = omniglot._decode_archives(
+    {a: os.path.join(archives, 'omniglot', a + '.zip') for a in omniglot.ARCHIVES})
+  monkeypatch.setattr(omniglot, '_key_hash', lambda salt, key: hash(key))
+  got = omniglot._decode_tfds(builder)
+  assert 'classes keep the file order' in caplog.text
+  assert got.keys() == expected.keys()
+  # TFDS's file order is not the drawer order: recovering it is what makes the
+  # arrays equal in the test above.
+  assert not all(np.array_equal(got[k], expected[k]) for k in expected)
+  for key, images in expected.items():
+    assert sorted(i.tobytes() for i in got[key]) == sorted(i.tobytes() for i in images)
+
+
+def test_a_tfds_folder_without_tfds_installed_says_how_to_install_it(tmp_path, monkeypatch):
+  (tmp_path / 'tfds' / 'omniglot' / '3.0.0').mkdir(parents=True)
+  (tmp_path / 'tfds' / 'omniglot' / '3.0.0' / 'dataset_info.json').write_text('{}')
+  (tmp_path / 'data' / 'omniglot').mkdir(parents=True)  # No archives: not a TFDS folder.
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
+  monkeypatch.setenv('HOME', str(tmp_path))
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # As if not installed.
+  with pytest.raises(errors.DataError) as e:
+    omniglot.load('train', str(tmp_path / 'data'), str(tmp_path / 'cache'))
+  assert str(e.value).startswith(f'{tmp_path / "tfds" / "omniglot"} is a TFDS-prepared Omniglot')
+  assert "needs tensorflow_datasets: pip install 'fsl_jax[tfds]'" in str(e.value)

@@ -10,14 +10,30 @@ the first 1200 are train+val (validation: the five alphabets in `VAL_ALPHABETS`)
 the last 423 are test. `tests/test_omniglot.py` checks the result against the
 published split files.
 
+Omniglot is read from, in this order:
+  * the upstream archives `images_background.zip` and `images_evaluation.zip` in
+    `<data_dir>/omniglot/` (or in the cache, where `download=True` puts them);
+  * TFDS's prepared `omniglot` (`tfds.builder('omniglot', data_dir=D)` with D
+    one of `<data_dir>/tensorflow_datasets`, `<data_dir>`, `$TFDS_DATA_DIR`,
+    `~/tensorflow_datasets`): its `train` split holds the background characters
+    and `test` the evaluation ones (`small1`/`small2` are unused). TFDS keeps
+    each file's PNG bytes, alphabet, character and global character id, but not
+    the drawer number `DD`. That is recovered from the file order, which TFDS
+    sorts by the md5 of the split name and each example's key (built from the
+    file name), and the whole order is checked against it. Both sources then give
+    the same arrays and class names (a test checks it).
+
 Pixels are stored inverted (stroke 255, background 0), resized from 105x105 with
 a Lanczos filter after converting the 1-bit PNG to 8-bit grey. Each split is
 decoded once into a class-major uint8 array `[classes, 20, 28, 28, 1]` in a cache
-directory (never inside `data_dir`); later runs load it in about a second.
+directory (never inside `data_dir`), keyed by a fingerprint of the source; later
+runs load it in about a second.
 """
 
 from __future__ import annotations
 
+import functools
+import glob
 import hashlib
 import io
 import os
@@ -64,7 +80,6 @@ ARCHIVES = {
     '1f61a8f3366785b057fc117d9228e78a16e3d976c8953b2a10fcc74cf0609cee',
   ),
 }
-ARCHIVES_FIRST = 'images_background'
 _CACHE_FORMAT = 3  # Bump when the decoded pixels or the layout change.
 _IMAGE_RE = re.compile(r'^(images_background|images_evaluation)/([^/]+)/character(\d+)/'
                        r'(\d{4})_(\d{2})\.png$')
@@ -76,11 +91,12 @@ def load(split: str, data_dir: str | None = None, cache_dir: str | None = None,
 
   Args:
     split: one of 'train', 'val', 'trainval', 'test'.
-    data_dir: root holding `omniglot/images_{background,evaluation}.zip`;
-      defaults to `$FSL_JAX_DATA_DIR`.
+    data_dir: root holding `omniglot/images_{background,evaluation}.zip` or a
+      TFDS-prepared `omniglot`; defaults to `$FSL_JAX_DATA_DIR`.
     cache_dir: where decoded arrays are cached; defaults to
       `$FSL_JAX_CACHE_DIR` or `~/.cache/fsl_jax`.
-    download: fetch the upstream archives into the cache when they are absent.
+    download: fetch the upstream archives into the cache when neither source
+      is found.
 
   Returns:
     A `ClassMajorDataset` with images `[classes, 20, 28, 28, 1]` and the class
@@ -89,20 +105,19 @@ def load(split: str, data_dir: str | None = None, cache_dir: str | None = None,
   if split not in SPLITS:
     raise errors.DataError(f'Unknown Omniglot split {split!r}; expected one of {SPLITS}.')
   cache = cache_lib.root(cache_dir)
-  archives = _find_archives(data_dir, cache, download)
-  folder = os.path.join(cache, NAME, f'v{_CACHE_FORMAT}-{_fingerprint(archives)}')
+  source, key, decode = _find_source(data_dir, cache, download)
+  folder = os.path.join(cache, NAME, f'v{_CACHE_FORMAT}-{key}')
   dataset = cache_lib.read(folder, split, 'Omniglot')
   if dataset is None:
-    logging.info('Decoding Omniglot into %s (once; a few seconds).', folder)
-    decoded = _decode(archives)
+    logging.info('Decoding Omniglot from %s into %s (once; a few seconds).', source, folder)
+    decoded = _split_datasets(decode(), source)
     for name, split_dataset in decoded.items():  # Every split: decoding is all-or-nothing.
       cache_lib.write(folder, name, split_dataset)
     dataset = decoded[split]
   if dataset.num_classes == 0:
     raise errors.CorruptDatasetError(
-      f'The Omniglot {split} split is empty: the archives in '
-      f'{os.path.dirname(archives[ARCHIVES_FIRST])} '
-      'hold too few characters for the Vinyals split (1623 expected). Use the full archives.'
+      f'The Omniglot {split} split is empty: {source} holds too few characters for '
+      'the Vinyals split (1623 expected). Use the full dataset.'
     )
   return dataset
 
@@ -131,25 +146,34 @@ def class_name(alphabet: str, number: int, rotation: int) -> str:
   return f'{alphabet}/character{number:02d}/rot{rotation:03d}'
 
 
-def _find_archives(data_dir: str | None, cache: str, download: bool) -> dict[str, str]:
-  """Returns the paths of both archives, downloading them if asked to."""
-  data_dir = cache_lib.data_root(data_dir)
+def _find_source(data_dir: str | None, cache: str, download: bool):
+  """`(description, cache key, decode)` of the first Omniglot copy found."""
+  root = cache_lib.data_root(data_dir)
+  folders = ([os.path.join(root, NAME)] if root else []) + [os.path.join(cache, NAME, 'downloads')]
+  for folder in folders:
+    archives = {a: os.path.join(folder, a + '.zip') for a in ARCHIVES}
+    if all(os.path.isfile(p) for p in archives.values()):
+      return folder, _fingerprint(archives), functools.partial(_decode_archives, archives)
+  tfds_dirs = ([os.path.join(root, 'tensorflow_datasets'), root] if root else []) + [
+    os.environ.get('TFDS_DATA_DIR'), os.path.expanduser('~/tensorflow_datasets')]
   searched = []
-  if data_dir:
-    searched.append(os.path.join(data_dir, NAME))
-  searched.append(os.path.join(cache, NAME, 'downloads'))
-  for root in searched:
-    paths = {a: os.path.join(root, a + '.zip') for a in ARCHIVES}
-    if all(os.path.isfile(p) for p in paths.values()):
-      return paths
+  for tfds_dir in dict.fromkeys(d for d in tfds_dirs if d):
+    searched.append(os.path.join(tfds_dir, NAME))
+    prepared = _tfds_prepared(tfds_dir)
+    if prepared:
+      return prepared
   if download:
-    return _download(searched[-1])
+    archives = _download(folders[-1])
+    return folders[-1], _fingerprint(archives), functools.partial(_decode_archives, archives)
   expected = ', '.join(a + '.zip' for a in ARCHIVES)
   raise errors.DatasetNotFoundError(
-    f'Omniglot archives ({expected}) not found in: {", ".join(searched)}.\n'
+    f'Omniglot archives ({expected}) not found in: {", ".join(folders)}; no TFDS-prepared '
+    f'omniglot in: {", ".join(searched)}.\n'
     'Point the project at a copy with --config.data_dir=DIR or the '
     'FSL_JAX_DATA_DIR environment variable, where DIR/omniglot/ holds the two '
-    f'upstream zips ({_UPSTREAM}), or set --config.download=True to fetch them.'
+    f'upstream zips ({_UPSTREAM}) or DIR/tensorflow_datasets/ TFDS\'s prepared omniglot '
+    "(tfds.builder('omniglot', data_dir=...).download_and_prepare()), or set "
+    '--config.download=True to fetch the zips.'
   )
 
 
@@ -184,9 +208,9 @@ def _fingerprint(archives: dict[str, str]) -> str:
   return cache_lib.content_fingerprint(archives[a] for a in sorted(archives))
 
 
-def _decode(archives: dict[str, str]) -> dict[str, ClassMajorDataset]:
-  """Decodes both archives into every split."""
-  images = {}  # (set, alphabet, number) -> [20, 28, 28] uint8
+def _decode_archives(archives: dict[str, str]) -> dict[tuple, np.ndarray]:
+  """`(set, alphabet, number) -> [20, 28, 28]` uint8 from both archives."""
+  images = {}
   for archive, path in archives.items():
     try:
       with zipfile.ZipFile(path) as zf:
@@ -199,8 +223,13 @@ def _decode(archives: dict[str, str]) -> dict[str, ClassMajorDataset]:
       raise errors.CorruptDatasetError(
         f'{path} is not a readable zip archive ({e}); re-download it.'
       ) from None
+  return images
+
+
+def _split_datasets(images: dict[tuple, np.ndarray], source: str) -> dict[str, ClassMajorDataset]:
+  """Every split, four rotations per character, from a decoded source's characters."""
   if not images:
-    raise errors.CorruptDatasetError(f'No Omniglot images found in {list(archives.values())}.')
+    raise errors.CorruptDatasetError(f'No Omniglot images found in {source}.')
   splits = character_splits(list(images))
   datasets = {}
   for split, characters in splits.items():
@@ -243,6 +272,102 @@ def _decode_png(payload: bytes, path: str, member: str) -> np.ndarray:
   except (OSError, ValueError) as e:
     raise errors.CorruptDatasetError(f'{path}: cannot decode {member} ({e}).') from None
   return 255 - np.asarray(grey, np.uint8)
+
+
+# TFDS's omniglot: its split holding each archive's characters.
+_TFDS_SPLITS = {'train': 'images_background', 'test': 'images_evaluation'}
+
+
+def _tfds_prepared(tfds_dir: str):
+  """`(description, key, decode)` for TFDS's omniglot prepared in `tfds_dir`, or None."""
+  # `<tfds_dir>/omniglot/<version>/dataset_info.json`; `<data_dir>/omniglot/` may
+  # also be the archives' folder, which must not ask for TFDS.
+  if not glob.glob(os.path.join(glob.escape(tfds_dir), NAME, '*', 'dataset_info.json')):
+    return None
+  try:
+    import tensorflow  # noqa: F401  (TFDS reads its prepared files with tf.data)
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise errors.DataError(
+      f'{os.path.join(tfds_dir, NAME)} is a TFDS-prepared Omniglot, and reading it needs '
+      f"{e.name}: pip install 'fsl_jax[tfds]' (TensorFlow and TFDS), or put the upstream "
+      'images_background.zip and images_evaluation.zip in DIR/omniglot/ instead.') from None
+
+  builder = tfds.builder(NAME, data_dir=tfds_dir)
+  if not builder.is_prepared():
+    return None
+  files = sorted(os.path.relpath(os.path.join(d, f), tfds_dir)
+                 for d, _, fs in os.walk(builder.data_dir) for f in fs)
+  key = 'tfds-' + cache_lib.listing_fingerprint(tfds_dir, files)
+  return builder.data_dir, key, functools.partial(_decode_tfds, builder)
+
+
+def _decode_tfds(builder) -> dict[tuple, np.ndarray]:
+  """`(set, alphabet, number) -> [20, 28, 28]` uint8 from TFDS's train and test splits.
+
+  TFDS keeps each upstream PNG's bytes (decoded here as the archives are), but
+  not its drawer number; `_drawer_order` recovers it.
+  """
+  import tensorflow_datasets as tfds
+
+  alphabets = builder.info.features['alphabet'].names
+  images = {}
+  for part, archive in _TFDS_SPLITS.items():
+    batch = tfds.as_numpy(builder.as_dataset(
+      split=part, batch_size=-1, shuffle_files=False,
+      decoders={'image': tfds.decode.SkipDecoding()},  # The stored PNG bytes.
+      read_config=tfds.ReadConfig(interleave_cycle_length=1)))  # In file order.
+    where = f'{builder.data_dir} ({part} split)'
+    characters: dict[tuple, list[int]] = {}
+    for row in range(len(batch['label'])):
+      key = (archive, alphabets[int(batch['alphabet'][row])],
+             int(batch['alphabet_char_id'][row]) + 1)
+      characters.setdefault(key, []).append(row)
+    if not characters:
+      raise errors.CorruptDatasetError(f'{where} holds no images; prepare it again.')
+    for (_, alphabet, number), rows in characters.items():
+      ids = {int(batch['label'][r]) for r in rows}
+      if len(rows) != EXAMPLES_PER_CLASS or len(ids) != 1:
+        raise errors.CorruptDatasetError(
+          f'{where}: {alphabet}/character{number:02d} has {len(rows)} images with {len(ids)} '
+          f'labels, expected {EXAMPLES_PER_CLASS} with one; prepare it again.')
+    order = _drawer_order(part, characters, batch['label'], where)
+    for key, rows in order.items():
+      member = f'{key[1]}/character{key[2]:02d}'
+      images[key] = np.stack([_decode_png(batch['image'][r], where, member) for r in rows])
+  return images
+
+
+def _drawer_order(part: str, characters: dict[tuple, list[int]], labels: np.ndarray,
+                  where: str) -> dict[tuple, list[int]]:
+  """Each character's rows in drawer order (`IIII_01.png` first), as in the archives.
+
+  TFDS writes a split sorted by md5(split name + key), the key being
+  `<Alphabet>_<char - 1>_<IIII>_<DD>.png`, so a character's rows in file order
+  are its drawers in the order of their keys' hashes. The recovered keys must put
+  the whole split in hash order; otherwise (another key scheme) the file order is
+  kept, with a warning.
+  """
+  order, row_hash = {}, {}
+  for key, rows in characters.items():
+    _, alphabet, number = key
+    file_id = int(labels[rows[0]]) + 1  # The global character id IIII.
+    by_hash = sorted(
+      (_key_hash(part, f'{alphabet}_{number - 1}_{file_id:04d}_{drawer:02d}.png'), drawer)
+      for drawer in range(1, EXAMPLES_PER_CLASS + 1))
+    row_hash.update((row, h) for row, (h, _) in zip(rows, by_hash, strict=True))
+    drawer_of = {row: drawer for row, (_, drawer) in zip(rows, by_hash, strict=True)}
+    order[key] = sorted(rows, key=drawer_of.__getitem__)
+  hashes = [row_hash[row] for row in sorted(row_hash)]
+  if all(a < b for a, b in zip(hashes, hashes[1:], strict=False)):
+    return order
+  logging.warning('%s is not in the order of its TFDS keys, so the drawer of each image is '
+                  'unknown: classes keep the file order, unlike the archives.', where)
+  return characters
+
+
+def _key_hash(salt: str, key: str) -> int:
+  return int(hashlib.md5((salt + key).encode()).hexdigest(), 16)
 
 
 def _atomic_write_bytes(path: str, payload: bytes) -> None:

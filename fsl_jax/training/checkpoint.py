@@ -136,6 +136,13 @@ class Checkpoints:
       f'None of the checkpoints in {self._latest.directory} (steps {steps}) is readable. '
       'Delete the folder to train from scratch, or restore it from a copy.')
 
+  def restore_step(self, state, step: int):
+    """Returns (state, best) of the kept checkpoint of `step` (e.g. for analysis)."""
+    if step not in self._latest.all_steps():
+      raise CheckpointNotFoundError(f'No checkpoint of step {step} in {self._latest.directory} '
+                                    f'(kept: {sorted(self._latest.all_steps())}).')
+    return self._restore(self._latest, step, state)
+
   def restore_best(self, state, step: int | None = None):
     """Returns the best-validation state saved at `step` (default: the newest)."""
     self._best.wait_until_finished()
