@@ -159,7 +159,8 @@ def test_missing_cifar_names_both_sources(tmp_path, monkeypatch):
 
 def test_a_tfds_folder_without_tfds_installed_says_how_to_install_it(tmp_path, monkeypatch):
   import sys
-  (tmp_path / 'tfds' / 'cifar100').mkdir(parents=True)
+  (tmp_path / 'tfds' / 'cifar100' / '3.0.2').mkdir(parents=True)
+  (tmp_path / 'tfds' / 'cifar100' / '3.0.2' / 'dataset_info.json').write_text('{}')
   monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'tfds'))
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # As if not installed.
   with pytest.raises(errors.DataError,

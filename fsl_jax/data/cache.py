@@ -15,6 +15,7 @@ a warning and decoded again.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -60,6 +61,41 @@ def dataset_folder(data_dir: str | None, name: str, label: str, help_text: str,
     raise errors.DatasetNotFoundError(f'{label} not found: {folder} does not exist.{why} '
                                       f'{help_text}')
   return folder
+
+
+def tfds_dirs(root: str | None) -> list[str]:
+  """Where a TFDS-prepared dataset may be, in order: `<root>/tensorflow_datasets`,
+  `<root>`, `$TFDS_DATA_DIR`, `~/tensorflow_datasets`."""
+  dirs = ([os.path.join(root, 'tensorflow_datasets'), root] if root else []) + [
+    os.environ.get('TFDS_DATA_DIR'), os.path.expanduser('~/tensorflow_datasets')]
+  return list(dict.fromkeys(d for d in dirs if d))
+
+
+def tfds_prepared(tfds_dir: str, name: str, label: str, instead: str):
+  """`(builder, cache key)` of TFDS's dataset `name` prepared in `tfds_dir`, or None.
+
+  A folder counts as prepared when it holds `<name>/<version>/dataset_info.json`.
+  The key fingerprints the prepared files' listing.
+
+  Raises:
+    DataError: the dataset is there but TFDS or TensorFlow (which TFDS reads its
+      files with) is not installed; `instead` says what else to provide.
+  """
+  if not glob.glob(os.path.join(glob.escape(tfds_dir), name, '*', 'dataset_info.json')):
+    return None
+  try:
+    import tensorflow  # noqa: F401  (TFDS reads its prepared files with tf.data)
+    import tensorflow_datasets as tfds
+  except ImportError as e:
+    raise errors.DataError(
+      f'{os.path.join(tfds_dir, name)} is a TFDS-prepared {label}, and reading it needs '
+      f"{e.name}: pip install 'fsl_jax[tfds]' (TensorFlow and TFDS), or {instead}.") from None
+  builder = tfds.builder(name, data_dir=tfds_dir)
+  if not builder.is_prepared():
+    return None
+  files = sorted(os.path.relpath(os.path.join(d, f), tfds_dir)
+                 for d, _, fs in os.walk(builder.data_dir) for f in fs)
+  return builder, 'tfds-' + listing_fingerprint(tfds_dir, files)
 
 
 def content_fingerprint(paths: Iterable[str]) -> str:

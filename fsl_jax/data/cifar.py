@@ -117,13 +117,14 @@ def _find_source(data_dir):
       _require(base, files)
       key = 'python-' + cache_lib.content_fingerprint(os.path.join(base, f) for f in files)
       return folder, key, functools.partial(_decode_folder, folder)
-  tfds_dirs = ([os.path.join(root, 'tensorflow_datasets'), root] if root else []) + [
-    os.environ.get('TFDS_DATA_DIR'), os.path.expanduser('~/tensorflow_datasets')]
-  for tfds_dir in dict.fromkeys(d for d in tfds_dirs if d):
+  for tfds_dir in cache_lib.tfds_dirs(root):
     searched.append(os.path.join(tfds_dir, 'cifar100'))
-    prepared = _tfds_prepared(tfds_dir)
+    prepared = cache_lib.tfds_prepared(tfds_dir, 'cifar100', 'CIFAR-100',
+                                       'put the python archive cifar-100-python.tar.gz in '
+                                       'DIR/cifar100/ instead')
     if prepared:
-      return prepared
+      builder, key = prepared
+      return builder.data_dir, key, functools.partial(_decode_tfds, builder)
   raise errors.DatasetNotFoundError(
     f'CIFAR-100 not found; looked for {", ".join(searched)}. Put {ARCHIVE} (from '
     'https://www.cs.toronto.edu/~kriz/cifar.html) in DIR/cifar100/ and pass '
@@ -214,28 +215,6 @@ def group_by_label(images: np.ndarray, labels: np.ndarray, names: tuple[str, ...
   grouped = np.ascontiguousarray(images[order].reshape(NUM_CLASSES, PER_CLASS, IMAGE_SIZE,
                                                        IMAGE_SIZE, 3))
   return ClassMajorDataset(grouped, names)
-
-
-def _tfds_prepared(tfds_dir: str):
-  """`(description, key, decode)` for TFDS's cifar100 prepared in `tfds_dir`, or None."""
-  if not os.path.isdir(os.path.join(tfds_dir, 'cifar100')):
-    return None
-  try:
-    import tensorflow  # noqa: F401  (TFDS reads its prepared files with tf.data)
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise errors.DataError(
-      f'{os.path.join(tfds_dir, "cifar100")} is a TFDS-prepared CIFAR-100, and reading it '
-      f"needs {e.name}: pip install 'fsl_jax[tfds]' (TensorFlow and TFDS), or put the "
-      'python archive cifar-100-python.tar.gz in DIR/cifar100/ instead.') from None
-
-  builder = tfds.builder('cifar100', data_dir=tfds_dir)
-  if not builder.is_prepared():
-    return None
-  files = sorted(os.path.relpath(os.path.join(d, f), tfds_dir)
-                 for d, _, fs in os.walk(builder.data_dir) for f in fs)
-  key = 'tfds-' + cache_lib.listing_fingerprint(tfds_dir, files)
-  return builder.data_dir, key, functools.partial(_decode_tfds, builder)
 
 
 def _decode_tfds(builder) -> ClassMajorDataset:

@@ -33,7 +33,6 @@ runs load it in about a second.
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import io
 import os
@@ -154,14 +153,15 @@ def _find_source(data_dir: str | None, cache: str, download: bool):
     archives = {a: os.path.join(folder, a + '.zip') for a in ARCHIVES}
     if all(os.path.isfile(p) for p in archives.values()):
       return folder, _fingerprint(archives), functools.partial(_decode_archives, archives)
-  tfds_dirs = ([os.path.join(root, 'tensorflow_datasets'), root] if root else []) + [
-    os.environ.get('TFDS_DATA_DIR'), os.path.expanduser('~/tensorflow_datasets')]
   searched = []
-  for tfds_dir in dict.fromkeys(d for d in tfds_dirs if d):
+  for tfds_dir in cache_lib.tfds_dirs(root):
     searched.append(os.path.join(tfds_dir, NAME))
-    prepared = _tfds_prepared(tfds_dir)
+    prepared = cache_lib.tfds_prepared(tfds_dir, NAME, 'Omniglot',
+                                       'put the upstream images_background.zip and '
+                                       'images_evaluation.zip in DIR/omniglot/ instead')
     if prepared:
-      return prepared
+      builder, key = prepared
+      return builder.data_dir, key, functools.partial(_decode_tfds, builder)
   if download:
     archives = _download(folders[-1])
     return folders[-1], _fingerprint(archives), functools.partial(_decode_archives, archives)
@@ -276,30 +276,6 @@ def _decode_png(payload: bytes, path: str, member: str) -> np.ndarray:
 
 # TFDS's omniglot: its split holding each archive's characters.
 _TFDS_SPLITS = {'train': 'images_background', 'test': 'images_evaluation'}
-
-
-def _tfds_prepared(tfds_dir: str):
-  """`(description, key, decode)` for TFDS's omniglot prepared in `tfds_dir`, or None."""
-  # `<tfds_dir>/omniglot/<version>/dataset_info.json`; `<data_dir>/omniglot/` may
-  # also be the archives' folder, which must not ask for TFDS.
-  if not glob.glob(os.path.join(glob.escape(tfds_dir), NAME, '*', 'dataset_info.json')):
-    return None
-  try:
-    import tensorflow  # noqa: F401  (TFDS reads its prepared files with tf.data)
-    import tensorflow_datasets as tfds
-  except ImportError as e:
-    raise errors.DataError(
-      f'{os.path.join(tfds_dir, NAME)} is a TFDS-prepared Omniglot, and reading it needs '
-      f"{e.name}: pip install 'fsl_jax[tfds]' (TensorFlow and TFDS), or put the upstream "
-      'images_background.zip and images_evaluation.zip in DIR/omniglot/ instead.') from None
-
-  builder = tfds.builder(NAME, data_dir=tfds_dir)
-  if not builder.is_prepared():
-    return None
-  files = sorted(os.path.relpath(os.path.join(d, f), tfds_dir)
-                 for d, _, fs in os.walk(builder.data_dir) for f in fs)
-  key = 'tfds-' + cache_lib.listing_fingerprint(tfds_dir, files)
-  return builder.data_dir, key, functools.partial(_decode_tfds, builder)
 
 
 def _decode_tfds(builder) -> dict[tuple, np.ndarray]:
