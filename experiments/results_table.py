@@ -121,11 +121,11 @@ ROWS = (
       {(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9},
       flags=('--config.num_train_steps=3000', '--config.eval_every=1000'),
       mode=(('transductive', True), ('first_order', False)), columns=((5, 1),)),
-  Row('MAML, first order, transductive BatchNorm', 'maml_omniglot_5way1shot_firstorder_3k',
-      'maml_omniglot:5way1shot-firstorder', '3000 of the paper\'s 60k meta-updates, '
+  Row('MAML, first order, transductive BatchNorm', 'maml_omniglot_5way1shot_firstorder_1500',
+      'maml_omniglot:5way1shot-firstorder', '1500 of the paper\'s 60k meta-updates, '
       'meta-batch 32, 5-way 1-shot, 1 inner step (3 at test)',
       {(5, 1): 98.3, (5, 5): 99.2, (20, 1): 89.4, (20, 5): 97.9},
-      flags=('--config.num_train_steps=3000', '--config.eval_every=1000'),
+      flags=('--config.num_train_steps=1500', '--config.eval_every=500'),
       mode=(('transductive', True), ('first_order', True)), columns=((5, 1),)),
   Row('Relation Networks', 'relationnet_mini_imagenet_5shot', 'relationnet_mini_imagenet:5shot',
       'the config\'s 100k episodes (20% of the paper\'s 500k)',

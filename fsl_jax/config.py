@@ -114,6 +114,18 @@ def with_method_defaults(config: ml_collections.ConfigDict) -> ml_collections.Co
   return config
 
 
+def method_config(method: str) -> ml_collections.ConfigDict:
+  """`base_config()` for `method`, holding every field of the method at its default,
+  so that each can be set from the command line (`--config.FIELD=VALUE` only sets
+  fields the config has). Experiment configs start from it."""
+  config = base_config()
+  config.method = method
+  try:
+    return with_method_defaults(config)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
 def from_saved(saved: dict) -> ml_collections.ConfigDict:
   """A config saved by an earlier run, with fields added since then at their defaults."""
   config = base_config()

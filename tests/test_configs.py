@@ -42,3 +42,13 @@ def test_every_config_file_is_listed():
 def test_config_validates(name, variant):
   config = config_lib.validate(load_config(name, variant), num_devices=1)
   assert config.num_train_steps > 0
+
+
+@pytest.mark.parametrize('name', sorted(VARIANTS))
+def test_every_method_field_can_be_set_from_the_command_line(name):
+  """`--config.FIELD=...` sets only fields the config has: each method field must be
+  there (at its default if the config does not choose)."""
+  config = load_config(name, VARIANTS[name][0])
+  missing = set(config_lib.method_defaults(config.method)) - set(config.keys())
+  assert not missing, f'{name} lacks {sorted(missing)}: start it from config_lib.method_config.'
+

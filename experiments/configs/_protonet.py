@@ -12,8 +12,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(dataset: str, variant: str, num_train_steps: int = 20_000, **fields):
-  config = config_lib.base_config()
-  config.method = 'protonet'
+  config = config_lib.method_config('protonet')
   config.backbone = 'conv4'
   config.dataset = dataset
   config.query = 15

@@ -28,8 +28,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '5way5shot'):
-  config = config_lib.base_config()
-  config.method = 'egnn'
+  config = config_lib.method_config('egnn')
   config.backbone = 'egnn_conv4'
   config.dataset = 'mini_imagenet'
   config.num_layers = 3

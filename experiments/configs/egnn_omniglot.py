@@ -43,8 +43,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '5way1shot'):
-  config = config_lib.base_config()
-  config.method = 'egnn'
+  config = config_lib.method_config('egnn')
   config.backbone = 'egnn_conv4_omniglot'
   config.dataset = 'omniglot'
   config.transductive = True

@@ -31,8 +31,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '5way5shot'):
-  config = config_lib.base_config()
-  config.method = 'gnn'
+  config = config_lib.method_config('gnn')
   config.backbone = 'egnn_conv4'
   config.dataset = 'mini_imagenet'
   config.transductive = False

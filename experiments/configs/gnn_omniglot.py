@@ -43,8 +43,7 @@ META_BATCH = {(5, 1): 60, (5, 5): 20, (20, 1): 5, (20, 5): 5}
 
 
 def get_config(variant: str = '5way1shot'):
-  config = config_lib.base_config()
-  config.method = 'gnn'
+  config = config_lib.method_config('gnn')
   config.backbone = 'conv4'
   config.dataset = 'omniglot'
   config.transductive = False

@@ -34,8 +34,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '5way1shot'):
-  config = config_lib.base_config()
-  config.method = 'maml'
+  config = config_lib.method_config('maml')
   config.dataset = 'mini_imagenet'
   config.filters = 32
   config.downsample = 'max_pool'

@@ -38,8 +38,7 @@ PROTOCOL = {5: (32, 0.4, 1, 3), 20: (16, 0.1, 5, 5)}
 
 
 def get_config(variant: str = '5way1shot'):
-  config = config_lib.base_config()
-  config.method = 'maml'
+  config = config_lib.method_config('maml')
   config.dataset = 'omniglot'
   config.filters = 64
   config.downsample = 'stride'

@@ -23,8 +23,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '5shot'):
-  config = config_lib.base_config()
-  config.method = 'matchingnet'
+  config = config_lib.method_config('matchingnet')
   config.backbone = 'conv4'
   config.dataset = 'mini_imagenet'
   config.fce = True

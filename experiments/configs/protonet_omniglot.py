@@ -22,8 +22,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '1shot'):
-  config = config_lib.base_config()
-  config.method = 'protonet'
+  config = config_lib.method_config('protonet')
   config.backbone = 'conv4'
   config.dataset = 'omniglot'
   config.way = 60

@@ -19,8 +19,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '5shot'):
-  config = config_lib.base_config()
-  config.method = 'relationnet'
+  config = config_lib.method_config('relationnet')
   config.backbone = 'relation_conv4'
   config.dataset = 'mini_imagenet'
   config.relation_padding = 'VALID'

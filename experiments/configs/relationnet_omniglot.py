@@ -24,8 +24,7 @@ TRAIN_QUERY = {(5, 1): 19, (5, 5): 15, (20, 1): 10, (20, 5): 5}
 
 
 def get_config(variant: str = '5way1shot'):
-  config = config_lib.base_config()
-  config.method = 'relationnet'
+  config = config_lib.method_config('relationnet')
   config.backbone = 'relation_conv4'
   config.dataset = 'omniglot'
   config.relation_padding = 'SAME'

@@ -21,8 +21,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '1shot'):
-  config = config_lib.base_config()
-  config.method = 'siamese'
+  config = config_lib.method_config('siamese')
   config.backbone = 'conv4'
   config.dataset = 'omniglot'
   config.way = 20

@@ -16,8 +16,7 @@ from fsl_jax import config as config_lib
 
 
 def get_config(variant: str = '5shot'):
-  config = config_lib.base_config()
-  config.method = 'tpn'
+  config = config_lib.method_config('tpn')
   config.backbone = 'conv4_map'
   config.dataset = 'mini_imagenet'
   config.tpn_topk = 20
