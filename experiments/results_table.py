@@ -121,6 +121,12 @@ ROWS = (
       {(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9},
       flags=('--config.num_train_steps=3000', '--config.eval_every=1000'),
       mode=(('transductive', True), ('first_order', False)), columns=((5, 1),)),
+  Row('MAML, second order, the same model tested with non-transductive BatchNorm',
+      'maml_omniglot_5way1shot_3k', 'maml_omniglot:5way1shot',
+      'as the row above; queries normalised by the supports\' statistics at test',
+      {(5, 1): None}, flags=('--config.num_train_steps=3000', '--config.eval_every=1000'),
+      mode=(('transductive', False), ('first_order', False)), columns=((5, 1),),
+      eval_flags=('--notransductive',)),
   Row('MAML, first order, transductive BatchNorm', 'maml_omniglot_5way1shot_firstorder_1500',
       'maml_omniglot:5way1shot-firstorder', '1500 of the paper\'s 60k meta-updates, '
       'meta-batch 32, 5-way 1-shot, 1 inner step (3 at test)',
