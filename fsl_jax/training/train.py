@@ -632,7 +632,7 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
           ckpt.save(step, parallel.unreplicate(p_state), best)
       if stop:
         ckpt.wait()
-        writer.flush()
+        writer.close()
         name = signal.Signals(requested[0]).name if requested else 'another process\'s signal'
         raise Interrupted(name, step, workdir)
   train_time = time.time() - train_start
@@ -647,7 +647,7 @@ def _train(config, model, workdir, devices, train_source, test_source, validate,
   summary, test_loss = test(_eval_variables(parallel.replicate(final, devices)))
   logging.info('Test: %s', summary)
   writer.write_scalars(config.num_train_steps, {'test/accuracy': summary.accuracy})
-  writer.flush()
+  writer.close()
   results = results_dict(config, summary, devices=len(devices), best=best, test_loss=test_loss,
                          wall_time_s=time.time() - start_time, train_time_s=train_time,
                          processes=jax.process_count())
