@@ -19,7 +19,6 @@ import os
 import jax
 import numpy as np
 from absl import logging
-from flax import jax_utils
 
 AXIS = 'devices'
 
@@ -112,25 +111,42 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag, np.int32))))
 
 
+def _sharding(devices):
+  return jax.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)), jax.P(AXIS))
+
+
 def replicate(tree, devices=None):
   """Copies every array to each of this process's devices in `devices`, with a
-  leading `[local devices]` axis."""
-  return jax_utils.replicate(tree, local(devices), axis_name=AXIS)
+  leading `[local devices]` axis.
+
+  Through the host and one transfer per device, with no XLA program: stacking on
+  the device (`jax.device_put_replicated`, flax's `replicate`) compiles a program
+  for each leaf shape, about 0.2 s each on a CPU, 15 s for EGNN's state.
+  """
+  devices = local(devices)
+  sharding = _sharding(devices)
+
+  def one(x):
+    row = np.asarray(x)[None]
+    return jax.make_array_from_single_device_arrays(
+      (len(devices), *row.shape[1:]), sharding, [jax.device_put(row, d) for d in devices])
+
+  return jax.tree.map(one, tree)
 
 
 def shard(tree, devices=None):
   """Places arrays whose leading axis is `[local devices]` (this process's devices of
   `devices`, in order), one slice per device."""
-  mesh = jax.sharding.Mesh(np.array(local(devices)), (AXIS,))
-  return jax.device_put(tree, jax.NamedSharding(mesh, jax.P(AXIS)))
+  return jax.device_put(tree, _sharding(local(devices)))
 
 
 def unreplicate(tree):
-  """The first replica of a pmapped pytree.
+  """The first replica of a pmapped pytree, as NumPy arrays on the host.
 
   The first addressable shard holds either that replica alone (`[1, ...]`) or all
   of them (fully replicated, `[n, ...]`); its row 0 is the replica in both cases.
   (`flax.jax_utils.unreplicate` keeps the leading axis when the pmap runs on a
-  one-device subset of several local devices.)
+  one-device subset of several local devices.) Slicing on the host, because a
+  slice on the device is a compiled program per leaf shape.
   """
-  return jax.tree.map(lambda x: x.addressable_shards[0].data[0], tree)
+  return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data)[0], tree)

@@ -74,9 +74,10 @@ def _for_saving(state):
 
 
 def _restore_target(state) -> dict:
-  """What Orbax restores into: the arrays' shapes and placement, or in a multi-process
-  run NumPy arrays (each process then places its copy)."""
-  if _multiprocess():
+  """What Orbax restores into: the arrays' shapes and placement, or NumPy arrays in
+  a multi-process run (each process then places its copy) or when `state` holds
+  NumPy arrays (`parallel.unreplicate`'s)."""
+  if _multiprocess() or not all(isinstance(x, jax.Array) for x in jax.tree.leaves(state)):
     return _pack(jax.device_get(state), {'accuracy': 0., 'step': 0})
   return _abstract(state)
 

@@ -154,11 +154,14 @@ def create_train_state(config, model, image_shape, key: jax.Array) -> TrainState
   init = lambda k: model.init({'params': k, 'dropout': k}, episode.support_images,
                               episode.support_labels, episode.query_images,
                               episode.unlabeled_images, way=spec.way, train=False)
-  variables = jax.jit(init)(init_key)
-  return TrainState.create(
-    apply_fn=model.apply, params=variables['params'], tx=make_optimizer(config),
-    batch_stats=variables.get('batch_stats', {}), train_key=train_key,
-  )
+  tx = make_optimizer(config)
+
+  def create(key):  # One program: the optimizer's zeros too (eagerly, one per shape).
+    variables = init(key)
+    return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
+                             batch_stats=variables.get('batch_stats', {}), train_key=train_key)
+
+  return jax.jit(create)(init_key)
 
 
 def device_episode_keys(key: jax.Array, first, per_device: int) -> jax.Array:
@@ -268,7 +271,8 @@ class Evaluator:
                      self.num_episodes, self.source.split or '', rate,
                      _duration((self.num_episodes - done) / rate))
     # `o[i][0]`: the first local device's copy of all devices' results.
-    accuracy, loss = (np.concatenate([np.asarray(o[i][0]).reshape(-1) for o in outputs])
+    accuracy, loss = (np.concatenate([np.asarray(o[i].addressable_shards[0].data)[0].reshape(-1)
+                                      for o in outputs])
                       [: self.num_episodes] for i in range(2))
     return metrics_lib.summarize(accuracy), float(loss.mean())
 
