@@ -137,7 +137,7 @@ def test_a_signal_saves_the_step_reached_and_the_rerun_resumes_exactly(tmp_path,
 
   from fsl_jax.training import train
 
-  steps = 150  # Long enough that the signal lands in the loop, after step 10.
+  steps = 60  # Long enough that the signal lands in the loop, after step 10.
   flags = [f'--config={CONFIGS / "protonet_omniglot.py"}:tiny', f'--config.num_train_steps={steps}',
            '--config.eval_every=0', '--config.checkpoint_every=1000', '--config.log_every=5',
            '--config.eval_episodes=16', '--config.num_devices=1', f'--workdir={tmp_path / "a"}']

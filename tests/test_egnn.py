@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import load_config, trained_state
+from helpers import learning_test, load_config, state_after_steps
 
 from fsl_jax import config as config_lib
 from fsl_jax.data.episodes import Episode
@@ -133,11 +133,9 @@ def test_self_edges_apply_to_transductive_graphs_only():
     assert model.loss_self_edges
     spec = train.episode_spec(config)
     episode = train.dummy_episode(spec, (28, 28, 1))
-    variables = model.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)},
-                           episode.support_images, episode.support_labels, episode.query_images,
-                           way=spec.way, train=False)
-    outputs = model.apply(variables, episode.support_images, episode.support_labels,
-                          episode.query_images, way=spec.way, train=False)
+    variables = _init(model, episode.support_images, episode.support_labels,
+                      episode.query_images, way=spec.way)
+    outputs = _apply(model, variables, episode, spec.way)
     loss, _ = model.loss(outputs, episode)
     plain, _ = model.clone(loss_self_edges=False).loss(outputs, episode)
     assert (float(loss) != float(plain)) == transductive
@@ -378,7 +376,7 @@ def test_bad_egnn_config_names_the_field():
     train_lib.build(config)
 
 
-def test_four_devices_equal_one_device(tmp_path):
+def test_four_devices_equal_one_device():
   """One SGD step from the same state: 4 devices x 1 episode = 1 device x 4 episodes.
 
   One step, because float rounding (about 5e-7 after one step, from the order of
@@ -389,11 +387,10 @@ def test_four_devices_equal_one_device(tmp_path):
   for n in (1, 4):
     config = load_config('egnn_omniglot', 'tiny')
     config.update(dict(num_devices=n, meta_batch_size=4, optimizer='sgd', learning_rate=0.05,
-                       weight_decay=0.0, num_train_steps=1, eval_every=0, eval_episodes=8,
-                       checkpoint_every=1, log_every=1))
-    train_lib.train_and_evaluate(config, str(tmp_path / str(n)))
-    states[n] = trained_state(config, str(tmp_path / str(n)))
+                       weight_decay=0.0))
+    states[n] = state_after_steps(config, 1)
   a, b = states[1], states[4]
+  assert int(a.step) == int(b.step) == 1
   chex.assert_trees_all_close((a.params, a.batch_stats), (b.params, b.batch_stats),
                               rtol=1e-4, atol=1e-5)
   init = train_lib.create_train_state(*train_lib.build(load_config('egnn_omniglot', 'tiny')),
@@ -403,11 +400,12 @@ def test_four_devices_equal_one_device(tmp_path):
 
 
 def test_tiny_egnn_learns_omniglot(tmp_path, data_dir):
-  """100 steps of 8 five-way episodes (both modes about 65% when written); chance is 20%."""
+  """60 steps of 8 five-way episodes (64.7% transductive, 65.9% not, on 60 test
+  episodes when written); chance is 20%."""
   for transductive in (True, False):
     config = load_config('egnn_omniglot', 'tiny')
-    config.transductive = transductive
-    results = train_lib.train_and_evaluate(config, str(tmp_path / str(transductive)))
+    config.transductive, config.num_train_steps = transductive, 60
+    results = train_lib.train_and_evaluate(learning_test(config), str(tmp_path / str(transductive)))
     assert results['test_accuracy'] > 0.45, results
 
 

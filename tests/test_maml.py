@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import load_config, trained_state
+from helpers import learning_test, load_config, trained_state
 from test_configs import VARIANTS
 
 from fsl_jax import config as config_lib
@@ -242,8 +242,9 @@ def test_four_devices_equal_one_device(params):
 def test_tiny_maml_learns_omniglot(tmp_path, data_dir):
   """Second-order MAML, 100 steps of 4 five-way 1-shot episodes. Chance is 20%, and
   the untrained network reaches about 50% from its 3 test-time inner steps alone,
-  so the bar is meta-learning, not adaptation."""
-  config = load_config('maml_omniglot', 'tiny')
+  so the bar is meta-learning, not adaptation (64.5 +- 3.1% on 60 test episodes
+  when written)."""
+  config = learning_test(load_config('maml_omniglot', 'tiny'))
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['test_accuracy'] - results['test_ci95'] > 0.58, results
   accuracy = [r['train/accuracy'] for r in history.read(str(tmp_path)) if 'train/accuracy' in r]

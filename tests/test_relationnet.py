@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import load_config
+from helpers import learning_test, load_config
 
 from fsl_jax.data.episodes import Episode
 from fsl_jax.models import backbones, relationnet
@@ -105,7 +105,8 @@ def test_a_vector_backbone_is_refused():
 
 
 def test_tiny_relationnet_learns_omniglot(tmp_path, data_dir):
-  """100 steps of 4 five-way 1-shot episodes; chance is 20%."""
-  config = load_config('relationnet_omniglot', 'tiny')
+  """100 steps of 4 five-way 1-shot episodes (68.0% on 60 test episodes when written);
+  chance is 20%."""
+  config = learning_test(load_config('relationnet_omniglot', 'tiny'))
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['test_accuracy'] > 0.5, results

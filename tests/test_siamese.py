@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import load_config
+from helpers import learning_test, load_config
 
 from fsl_jax.data.episodes import Episode
 from fsl_jax.models import backbones, siamese
@@ -89,7 +89,8 @@ def test_query_labels_and_other_queries_change_no_prediction():
 
 
 def test_tiny_siamese_learns_omniglot(tmp_path, data_dir):
-  """100 steps of 4 five-way 1-shot episodes; chance is 20%."""
-  config = load_config('siamese_omniglot', 'tiny')
+  """100 steps of 4 five-way 1-shot episodes (63.4% on 60 test episodes when written);
+  chance is 20%."""
+  config = learning_test(load_config('siamese_omniglot', 'tiny'))
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['test_accuracy'] > 0.5, results

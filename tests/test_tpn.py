@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-from helpers import load_config
+from helpers import learning_test, load_config
 
 from fsl_jax.data.episodes import Episode
 from fsl_jax.models import backbones, tpn
@@ -102,8 +102,9 @@ def test_loss_is_the_cross_entropy_of_every_node():
 
 
 def test_tiny_tpn_learns_omniglot(tmp_path, data_dir):
-  """100 steps of 4 five-way 1-shot episodes; chance is 20%."""
-  config = load_config('tpn_omniglot', 'tiny')
+  """100 steps of 4 five-way 1-shot episodes (90.1% on 60 test episodes when written);
+  chance is 20%."""
+  config = learning_test(load_config('tpn_omniglot', 'tiny'))
   results = train.train_and_evaluate(config, str(tmp_path))
   assert results['test_accuracy'] > 0.5, results
 
