@@ -156,7 +156,7 @@ def create_train_state(config, model, image_shape, key: jax.Array) -> TrainState
                               episode.unlabeled_images, way=spec.way, train=False)
   tx = make_optimizer(config)
 
-  def create(key):  # One program: the optimizer's zeros too (eagerly, one per shape).
+  def create(key):  # One program with the optimizer's zeros (eagerly, a program per shape).
     variables = init(key)
     return TrainState.create(apply_fn=model.apply, params=variables['params'], tx=tx,
                              batch_stats=variables.get('batch_stats', {}), train_key=train_key)
@@ -270,7 +270,7 @@ class Evaluator:
         logging.info('Evaluated %d/%d %s episodes, %.1f episodes/s, ETA %s.', done,
                      self.num_episodes, self.source.split or '', rate,
                      _duration((self.num_episodes - done) / rate))
-    # `o[i][0]`: the first local device's copy of all devices' results.
+    # Row 0 of the first shard: the first local device's copy of all devices' results.
     accuracy, loss = (np.concatenate([np.asarray(o[i].addressable_shards[0].data)[0].reshape(-1)
                                       for o in outputs])
                       [: self.num_episodes] for i in range(2))
