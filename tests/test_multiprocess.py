@@ -127,6 +127,64 @@ def test_two_processes_train_and_resume_as_one_process_with_their_devices(tmp_pa
   np.testing.assert_allclose(here['test_accuracy'], got['test_accuracy'], atol=1e-7)
 
 
+# Both processes save `latest` and `best` at the same steps (a new best at a
+# checkpoint step); process 0, the writer, reaches the end-of-write barriers 2 s late.
+_SAVE_BOTH = """
+import sys, time
+import numpy as np
+from orbax.checkpoint._src.multihost import multihost
+from fsl_jax import parallel
+from fsl_jax.training import checkpoint
+address, pid, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+parallel.initialize(address, 2, pid)
+if pid == 0:
+  make = multihost.get_barrier_sync_fn
+  def late(**kwargs):
+    fn = make(**kwargs)
+    def wait(*, key, timeout_ms):
+      if 'async_write_complete' in key:
+        time.sleep(2)
+      return fn(key=key, timeout_ms=timeout_ms)
+    return wait
+  multihost.get_barrier_sync_fn = late
+ckpt = checkpoint.Checkpoints(workdir, keep=10)
+for step in (1, 2):
+  state = {'w': np.full(10, step, np.float32)}
+  ckpt.save(step, state, {'accuracy': 0.1 * step, 'step': step})
+  ckpt.save_best(state, {'accuracy': 0.1 * step, 'step': step})
+ckpt.wait()
+"""
+
+
+def test_latest_and_best_saves_of_one_step_do_not_share_barriers(tmp_path):
+  """A run whose best validation falls on a checkpoint step saves both at once;
+  with one barrier name for both (Orbax's default), process 1 waited twice at
+  `_async_write_complete.<step>` and the run hung (CI, stop 23)."""
+  address = f'127.0.0.1:{_free_port()}'
+  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=1',
+         'PYTHONPATH': str(REPO)}
+  processes = [subprocess.Popen([sys.executable, '-c', _SAVE_BOTH, address, str(i),
+                                 str(tmp_path)], env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+               for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=60)[1] for p in processes]
+  except subprocess.TimeoutExpired:
+    outputs = ['timed out after 60 s'] * 2
+  finally:
+    for p in processes:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  assert [p.returncode for p in processes] == [0, 0], [e[-1500:] for e in outputs]
+  ckpt = checkpoint.Checkpoints(str(tmp_path), keep=10)
+  template = {'w': np.zeros(10, np.float32)}
+  state, best = ckpt.restore_latest(template)
+  np.testing.assert_array_equal(state['w'], 2.0)
+  assert best == {'accuracy': 0.2, 'step': 2}
+  np.testing.assert_array_equal(ckpt.restore_best(template)['w'], 2.0)
+
+
 def test_a_multiprocess_launch_needs_all_three_settings(monkeypatch):
   for name in (parallel.ENV_COORDINATOR, parallel.ENV_NUM_PROCESSES, parallel.ENV_PROCESS_ID,
                'TPU_WORKER_HOSTNAMES'):

@@ -91,12 +91,19 @@ class Checkpoints:
 
   def __init__(self, workdir: str, keep: int = 2):
     self._workdir = os.path.abspath(workdir)
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    self._latest = ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                         options=options)
-    self._best = ocp.CheckpointManager(
-      os.path.join(os.path.abspath(workdir), 'best'),
-      options=ocp.CheckpointManagerOptions(max_to_keep=1, create=True))
+    # Each manager names its own multi-process barriers: both save step N when step
+    # N is the best so far and a checkpoint step, and two concurrent barriers of one
+    # name (`_async_write_complete.N`) fail the second save after a timeout.
+    def manager(folder, keep):
+      return ocp.CheckpointManager(
+        os.path.join(self._workdir, folder),
+        options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, create=True,
+          multiprocessing_options=ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=f'fsl_jax_{folder}')))
+
+    self._latest = manager('checkpoints', keep)
+    self._best = manager('best', 1)
 
   def save(self, step: int, state, best: dict) -> None:
     self._latest.save(step, args=ocp.args.StandardSave(_pack(_for_saving(state), best)))
