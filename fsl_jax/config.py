@@ -21,6 +21,9 @@ class ConfigError(ValueError):
   """A config that cannot be run; the message names the field and the fix."""
 
 
+# Splits that are unions of others (every dataset's 'trainval').
+_SPLIT_PARTS = {'trainval': ('train', 'val')}
+
 def base_config() -> ml_collections.ConfigDict:
   """Fields shared by every method, with their defaults."""
   c = ml_collections.ConfigDict()
@@ -220,9 +223,17 @@ def validate(config: ml_collections.ConfigDict, num_devices: int,
                         f'does not exist), got {config[field]}.')
   if config.eval_every < 0:
     raise ConfigError(f'eval_every must be >= 0 (0: no validation), got {config.eval_every}.')
-  if config.eval_every and config.val_split in (config.train_split, config.test_split):
+  parts = lambda split: set(_SPLIT_PARTS.get(split, (split,)))
+  if parts(config.train_split) & parts(config.test_split):
     raise ConfigError(
-      f'val_split={config.val_split!r} is also the train or test split; model selection '
-      'must use classes that are neither trained on nor tested on.'
+      f'train_split={config.train_split!r} shares classes with test_split='
+      f'{config.test_split!r}; the test classes must be unseen in training.'
+    )
+  if config.eval_every and parts(config.val_split) & (parts(config.train_split) |
+                                                      parts(config.test_split)):
+    raise ConfigError(
+      f'val_split={config.val_split!r} is also the train or test split (or part of it); model '
+      'selection must use classes that are neither trained on nor tested on. Training on '
+      "'trainval' leaves no validation classes: set eval_every=0 and test the last checkpoint."
     )
   return config

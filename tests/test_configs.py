@@ -6,7 +6,7 @@ from helpers import CONFIGS, load_config
 from fsl_jax import config as config_lib
 
 VARIANTS = {
-  'protonet_omniglot': ['1shot', '5shot', 'tiny'],
+  'protonet_omniglot': ['1shot', '5shot', 'tiny', '1shot-trainval', '5shot-trainval'],
   'egnn_omniglot': ['5way1shot', '5way5shot', '20way1shot', '20way5shot',
                     '5way1shot-nontransductive', '20way1shot-nontransductive',
                     '5way1shot-reference', '5way1shot-nontransductive-reference', 'tiny'],

@@ -7,7 +7,6 @@ import numpy as np
 
 from fsl_jax.data.episodes import Episode
 from fsl_jax.models import backbones, protonet
-from fsl_jax.training import train
 
 
 class Flatten(nn.Module):
@@ -72,13 +71,3 @@ def test_training_mode_is_transductive_through_batchnorm():
   changed = query.copy()
   changed[3] = 1.0 - changed[3]
   assert not np.allclose(run(query)[0], run(changed)[0])
-
-
-def test_query_labels_never_reach_the_forward_pass():
-  model, variables, support, labels, query = _conv4_protonet_and_episode()
-  episode = Episode(support, labels, query, np.zeros(10, np.int32), np.zeros((0, 28, 28, 1)),
-                    np.zeros(0, np.int32))
-  a = train.apply_method(model, variables, episode, 5, train=False).logits
-  b = train.apply_method(model, variables, episode.replace(query_labels=np.arange(10) % 5), 5,
-                         train=False).logits
-  np.testing.assert_array_equal(a, b)

@@ -65,29 +65,14 @@ def _model_and_episode():
   return model, variables, support, labels, query
 
 
-def test_query_labels_never_reach_the_prediction_and_queries_permute():
+def test_permuting_queries_permutes_the_scores():
+  # Label leaks and query interaction: tests/test_leaks.py.
   model, variables, support, labels, query = _model_and_episode()
-  episode = Episode(support, labels, query, np.zeros(6, np.int32), np.zeros((0, 28, 28, 1)),
-                    np.zeros(0, np.int32))
-  a = train.apply_method(model, variables, episode, 3, train=False).logits
-  b = train.apply_method(model, variables, episode.replace(query_labels=np.arange(6) % 3), 3,
-                         train=False).logits
-  np.testing.assert_array_equal(a, b)
+  a = model.apply(variables, support, labels, query, way=3, train=False).logits
   perm = np.array([5, 2, 0, 4, 1, 3])
   c = model.apply(variables, support, labels, query[perm], way=3, train=False).logits
   np.testing.assert_allclose(c, np.asarray(a)[perm], rtol=1e-4, atol=1e-6)
   assert a.shape == (6, 3) and np.all(np.isfinite(a))
-
-
-def test_queries_interact_through_the_graph():
-  # Transductive by construction: another query moves a query's scores, even in
-  # evaluation (the contrast to the non-transductive methods' leak tests).
-  model, variables, support, labels, query = _model_and_episode()
-  a = model.apply(variables, support, labels, query, way=3, train=False).logits
-  changed = query.copy()
-  changed[4] = 1.0 - changed[4]
-  b = model.apply(variables, support, labels, changed, way=3, train=False).logits
-  assert not np.allclose(a[0], b[0])
 
 
 def test_loss_is_the_cross_entropy_of_every_node():

@@ -125,6 +125,8 @@ def test_results_json_fields(tmp_path):
   ({'val_episodes': 0}, 'val_episodes must be at least 1'),
   ({'meta_batch_size': 0}, 'meta_batch_size must be at least 1'),
   ({'val_split': 'test'}, "val_split='test' is also the train or test split"),
+  ({'train_split': 'trainval'}, "val_split='val' is also the train or test split .or part"),
+  ({'train_split': 'test'}, "train_split='test' shares classes with test_split='test'"),
   ({'compute_dtype': 'float16'}, "compute_dtype must be 'float32' or 'bfloat16'"),
 ])
 def test_bad_configs_are_clear_errors(overrides, message):

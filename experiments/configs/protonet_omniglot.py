@@ -2,7 +2,9 @@
 
 The paper's protocol: train with 60-way episodes of 5 queries per class at the
 test shot, Adam lr 1e-3 halved every 2000 episodes, test on the Vinyals split.
-Variants (after the colon): `1shot` (default), `5shot`, `tiny` (for tests).
+Variants (after the colon): `1shot` (default), `5shot`, `tiny` (for tests), and
+`1shot-trainval` / `5shot-trainval`: the paper's training set, all 1200
+train+validation characters, with no validation (the last checkpoint is tested).
 
     python experiments/train.py --config=experiments/configs/protonet_omniglot.py:1shot \
       --workdir=runs/protonet_omniglot_1shot --config.data_dir=../shared/data
@@ -38,6 +40,14 @@ def get_config(variant: str = '1shot'):
   config.eval_every = 1_000
   config.val_episodes = 500
   config.eval_episodes = 1_000
+  variant, trainval = (variant[:-len('-trainval')], True) if variant.endswith('-trainval') else (
+    variant, False)
+  if trainval:
+    if variant not in ('1shot', '5shot'):
+      raise ValueError(f"Unknown variant {variant + '-trainval'!r}; use '1shot-trainval' or "
+                       "'5shot-trainval'.")
+    config.train_split = 'trainval'
+    config.eval_every = 0  # No classes are left to validate on.
   if variant in ('', '1shot'):
     config.shot = config.test_shot = 1
   elif variant == '5shot':
@@ -46,5 +56,6 @@ def get_config(variant: str = '1shot'):
     _tiny.tiny(config, query=5, test_query=5, meta_batch_size=4, steps=100, log_every=20,
                 eval_every=50, val_episodes=40, eval_episodes=100, eval_batch_size=10)
   else:
-    raise ValueError(f"Unknown variant {variant!r}; use '1shot', '5shot' or 'tiny'.")
+    raise ValueError(f"Unknown variant {variant!r}; use '1shot', '5shot', 'tiny', "
+                     "'1shot-trainval' or '5shot-trainval'.")
   return config

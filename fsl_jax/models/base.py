@@ -57,6 +57,13 @@ class FewShotMethod(nn.Module):
   def from_config(cls, config) -> FewShotMethod:
     raise NotImplementedError
 
+  def queries_interact(self) -> bool:
+    """Whether, in evaluation, a query's scores can depend on the other queries of
+    its episode (transductive inference: one graph over all queries, or statistics
+    of the query batch). False promises that each query is classified from the
+    supports alone; `tests/test_leaks.py` holds every method to its answer."""
+    return False
+
   def loss(self, outputs: MethodOutput, episode: Episode) -> tuple[jax.Array, dict]:
     """Cross-entropy of the query logits; methods with another loss override it."""
     loss = optax.softmax_cross_entropy_with_integer_labels(

@@ -360,6 +360,9 @@ class EGNN(FewShotMethod):
                transductive=bool(config.transductive), edge_loss_weights=weights,
                loss_self_edges=bool(config.loss_self_edges))
 
+  def queries_interact(self) -> bool:
+    return self.transductive
+
   @nn.compact
   def __call__(self, support_images, support_labels, query_images, unlabeled_images=None,
                *, way: int, train: bool) -> MethodOutput:

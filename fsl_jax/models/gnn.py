@@ -284,6 +284,9 @@ class GNN(FewShotMethod):
     return cls(backbone=backbones.from_config(config), gnn=gnn,
                transductive=bool(config.transductive))
 
+  def queries_interact(self) -> bool:
+    return self.transductive
+
   @nn.compact
   def __call__(self, support_images, support_labels, query_images, unlabeled_images=None,
                *, way: int, train: bool) -> MethodOutput:

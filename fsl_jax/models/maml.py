@@ -290,6 +290,9 @@ class MAML(FewShotMethod):
                adapt=config.adapt, transductive=config.transductive,
                inner_remat=config.inner_remat, scan_unroll=config.scan_unroll)
 
+  def queries_interact(self) -> bool:
+    return self.transductive
+
   def declare_params(self, image_shape: tuple[int, ...], way: int) -> Params:
     """Declares (or, after init, reads) the flat parameter dict."""
     params, channels = {}, image_shape[-1]

@@ -176,6 +176,9 @@ class TPN(FewShotMethod):
     return cls(backbone=backbones.from_config(config), graph=graph,
                topk=int(config.tpn_topk), alpha=float(config.tpn_alpha))
 
+  def queries_interact(self) -> bool:
+    return True  # All queries propagate labels in one graph.
+
   @nn.compact
   def __call__(self, support_images, support_labels, query_images, unlabeled_images=None,
                *, way: int, train: bool) -> MethodOutput:
