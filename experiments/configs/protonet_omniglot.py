@@ -15,6 +15,8 @@ Paper: 5-way 1-shot 98.8, 20-way 1-shot 96.0 (1shot); 5-way 5-shot 99.7,
   1shot, 6000 steps: 5-way 98.50 +- 0.18, 20-way 95.15 +- 0.16
   5shot, --config.num_train_steps=2000: 5-way 99.49 +- 0.07, 20-way 98.31 +- 0.07
   1shot --config.compute_dtype=bfloat16, 6000 steps: 5-way 98.64 +- 0.16
+  1shot-trainval, 6000 steps: 5-way 98.62 +- 0.17, 20-way 95.35 +- 0.16,
+    5-way 5-shot 99.64 +- 0.06, 20-way 5-shot 98.81 +- 0.06
 The 20-way rows re-evaluate the same checkpoint with `experiments/evaluate.py
 --way=20 --episodes=1000`. Training times and exact commands: README.md, Results.
 """

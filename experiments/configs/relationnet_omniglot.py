@@ -12,7 +12,10 @@ class. Variants (after the colon): `5way1shot` (default), `5way5shot`,
       --workdir=runs/relationnet_omniglot_5way1shot --config.data_dir=../shared/data
 
 Paper: 99.6 +- 0.2 / 99.8 +- 0.1 / 97.6 +- 0.2 / 99.1 +- 0.1 (5w1s / 5w5s /
-20w1s / 20w5s). Measured here: not yet.
+20w1s / 20w5s). Measured here, a short schedule (1000 fixed test episodes of 15
+queries per class): `5way1shot --config.num_train_steps=5000
+--config.eval_every=1000` (0.5% of the paper's 1M episodes): 95.84 +- 0.31 at
+5-way 1-shot, 87.34 +- 0.26 at 20-way 1-shot (`experiments/evaluate.py --way=20`).
 """
 
 import re

@@ -13,7 +13,10 @@ halved every 2000 steps, 6000 steps, validation every 1000 steps on 500 fixed
       --workdir=runs/siamese_omniglot_1shot --config.data_dir=../shared/data
 
 Reported (Vinyals et al. 2016, Table 1, Siamese net without fine-tuning):
-97.3 / 98.4 / 88.2 / 97.0 (5w1s / 5w5s / 20w1s / 20w5s). Measured here: not yet.
+97.3 / 98.4 / 88.2 / 97.0 (5w1s / 5w5s / 20w1s / 20w5s). Measured here (1000
+fixed test episodes of 15 queries per class), `1shot
+--config.num_train_steps=3000`: 93.48 +- 0.40 at 5-way 1-shot, 80.80 +- 0.31 at
+20-way 1-shot (`experiments/evaluate.py --way=20`).
 """
 
 from experiments.configs import _tiny

@@ -9,7 +9,10 @@ queries per class. Variants (after the colon): `5way1shot` (default),
     python experiments/train.py --config=experiments/configs/tpn_omniglot.py:5way1shot \
       --workdir=runs/tpn_omniglot_5way1shot --config.data_dir=../shared/data
 
-Paper: no Omniglot number. Measured here: not yet.
+Paper: no Omniglot number. Measured here, the 40k steps above, one model trained
+at 5-way 1-shot (1000 fixed test episodes of 15 queries per class; the other
+columns by `experiments/evaluate.py --way=W --shot=K`): 98.52 +- 0.26 (5w1s),
+99.44 +- 0.13 (5w5s), 95.29 +- 0.22 (20w1s), 97.55 +- 0.13 (20w5s).
 """
 
 import re

@@ -25,7 +25,10 @@ Where this departs from the paper (which gives no code) and common reference cod
     Several reference implementations normalise the support side only (the
     query's norm then acts as a learned inverse temperature); the argmax is the
     same either way, the softmax's sharpness is not. `normalize_query=False`
-    gives that variant. A zero vector has cosine 0 with everything.
+    gives that variant, and `experiments/configs/matchingnet_omniglot.py` uses
+    it: on Omniglot 5-way 1-shot it validated at 97.52% after 5000 steps against
+    86.48% for the cosine, same seed (that config's docstring has the runs).
+    A zero vector has cosine 0 with everything.
   * The readout r_{k-1} enters the attention LSTM with f'(x) as the cell's
     input ([f'(x), r_{k-1}]) rather than beside h_{k-1} as its recurrent state.
     An LSTM's gates are affine in the concatenation of input and state, so both
