@@ -267,6 +267,30 @@ def test_training_progress_excludes_validation_and_counts_it_in_the_eta():
   assert lines[11] == 'Step 11/40: 1.00 steps/s, ETA 1m59s (validations included, 30 s each).'
 
 
+def test_training_progress_times_the_device_not_the_dispatch(monkeypatch):
+  """The host dispatches a step in 0.1 s and the device runs it in 1 s: a line
+  waits for the step it reports, so the rate is the device's 1 step/s, not the
+  10 steps/s of the dispatch."""
+  now, done = [0.0], [0.0]  # The host's clock, and when the device finishes.
+
+  def block_until_ready(step):
+    now[0] = max(now[0], done[0])
+    return step
+
+  monkeypatch.setattr(train.jax, 'block_until_ready', block_until_ready)
+  progress = train.Progress(num_train_steps=300, start_step=0, eval_every=0,
+                            clock=lambda: now[0])
+  progress.every_secs = 5.0
+  lines = []
+  for step in range(1, 201):
+    now[0] += 0.1
+    done[0] = max(done[0], now[0] - 0.1) + 1.0
+    line = progress(step, block_on=step)
+    if line and step > 1:
+      lines.append(line)
+  assert lines and all(' 1.00 steps/s' in line for line in lines), lines
+
+
 def test_training_speaks_after_its_first_step(tmp_path, caplog):
   config = tiny_config(num_devices=1, **{**SHORT, 'num_train_steps': 2})
   with caplog.at_level('INFO'):

@@ -325,14 +325,16 @@ class Progress:
   def __call__(self, step: int, block_on=None) -> str | None:
     """Called after step `step` was dispatched; returns the line it logged, if any.
 
-    `block_on`: the step's outputs, waited for before the first line (otherwise
-    only the dispatch would be timed).
+    `block_on`: the step's outputs, waited for before a line is logged, once a
+    minute. Otherwise only the dispatch would be timed: the host runs ahead of the
+    device until the next metrics fetch, and the rate alternated between 1.2 and
+    0.3 steps/s for an EGNN run of 0.7.
     """
     first = step == self.start_step + 1
     now = self.clock()
     if not first and now - self.window_time < self.every_secs:
       return None
-    if first and block_on is not None:
+    if block_on is not None:
       jax.block_until_ready(block_on)
       now = self.clock()
     train_s = max(now - self.window_time - self.window_paused, 1e-9)
