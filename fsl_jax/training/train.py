@@ -328,7 +328,7 @@ class Progress:
     `block_on`: the step's outputs, waited for before a line is logged, once a
     minute. Otherwise only the dispatch would be timed: the host runs ahead of the
     device until the next metrics fetch, and the rate alternated between 1.2 and
-    0.3 steps/s for an EGNN run of 0.7.
+    0.3 steps/s for an EGNN run that made 0.7.
     """
     first = step == self.start_step + 1
     now = self.clock()
