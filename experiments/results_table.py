@@ -74,7 +74,7 @@ ROWS = (
   Row('ProtoNet, train+val classes', 'protonet_omniglot_1shot_trainval',
       'protonet_omniglot:1shot-trainval',
       '6000 episodes of 60-way 1-shot on the 1200 train+val characters, as the paper, '
-      'no validation (paper: until validation stops improving, then retrained on train+val)',
+      'no validation (paper: until validation stops improving)',
       {(5, 1): 98.8, (5, 5): 99.7, (20, 1): 96.0, (20, 5): 98.9}),
   Row('ProtoNet', 'protonet_mini_imagenet_5shot_1000steps', 'protonet_mini_imagenet:5shot',
       '1000 episodes of 20-way 5-shot (5% of the 20k default)',
