@@ -1,5 +1,7 @@
 """Embedding networks: BatchNorm fused with the max-pool that follows it."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,12 +31,12 @@ def test_normalize_max_pool_equals_batchnorm_then_max_pool(shape):
   scale = jnp.array([1.5, -0.7, 0.4][: shape[-1]])
   bias = jax.random.normal(k[1], (shape[-1],))
   fused = lambda x, s, b: batchnorm.normalize_max_pool(x, s, b, None, 1e-5)[0]
-  expected = _bn_then_pool(x, scale, bias)
-  np.testing.assert_allclose(fused(x, scale, bias), expected, rtol=1e-5, atol=1e-5)
+  expected = jax.jit(_bn_then_pool)(x, scale, bias)
+  np.testing.assert_allclose(jax.jit(fused)(x, scale, bias), expected, rtol=1e-5, atol=1e-5)
   weights = jax.random.normal(k[2], expected.shape)
-  grads = jax.grad(lambda *a: (fused(*a) * weights).sum(), argnums=(0, 1, 2))(x, scale, bias)
-  want = jax.grad(lambda *a: (_bn_then_pool(*a) * weights).sum(), argnums=(0, 1, 2))(
-    x, scale, bias)
+  grad = lambda f: jax.jit(jax.grad(lambda *a: (f(*a) * weights).sum(), argnums=(0, 1, 2)))
+  grads = grad(fused)(x, scale, bias)
+  want = grad(_bn_then_pool)(x, scale, bias)
   for got, w in zip(grads, want, strict=True):
     np.testing.assert_allclose(got, w, rtol=1e-4, atol=1e-4)
 
@@ -42,11 +44,11 @@ def test_normalize_max_pool_equals_batchnorm_then_max_pool(shape):
 def test_normalize_max_pool_by_hand_with_a_tie():
   # One channel, a 2x2 map [[1, 3], [3, 1]]: mean 2, variance 1 (epsilon 0), so the
   # normalised map is [[-1, 1], [1, -1]] and its maximum 1, reached twice.
-  x = jnp.array([[1., 3.], [3., 1.]]).reshape(1, 2, 2, 1)
-  y, mean, var = batchnorm.normalize_max_pool(x, jnp.ones(1), jnp.zeros(1), None, 0.0)
+  x = jnp.asarray(np.array([[1., 3.], [3., 1.]], np.float32).reshape(1, 2, 2, 1))
+  fused = lambda x: batchnorm.normalize_max_pool(x, jnp.ones(1), jnp.zeros(1), None, 0.0)
+  y, mean, var = jax.jit(fused)(x)
   assert (y.item(), mean.item(), var.item()) == (1.0, 2.0, 1.0)
-  grad = jax.grad(lambda x: batchnorm.normalize_max_pool(x, jnp.ones(1), jnp.zeros(1), None,
-                                                         0.0)[0].sum())(x)
+  grad = jax.jit(jax.grad(lambda x: fused(x)[0].sum()))(x)
   # The two tied maxima share the gradient: d out / dx_j = 0.5 * sum over the tied i of
   # d xhat_i / dx_j = 0.5 * (1[j tied] - 1/2 - xhat_j / 2), which is 0 for every j. Sending
   # it all to the first maximum instead would give 0.5 and -0.5 at the two tied places.
@@ -57,10 +59,14 @@ def test_batchnorm_max_pool_module_in_evaluation_equals_the_unfused_layers():
   x = jax.random.normal(jax.random.PRNGKey(3), (2, 9, 9, 3))
   variables = {'params': {'scale': jnp.array([1., -2., .5]), 'bias': jnp.array([.1, .2, .3])},
                'batch_stats': {'mean': jnp.array([.3, -.1, 0.]), 'var': jnp.array([2., .5, 1.])}}
-  fused = batchnorm.BatchNorm(use_running_average=True, max_pool=True).apply(variables, x)
-  unfused = batchnorm.BatchNorm(use_running_average=True).apply(variables, x)
-  np.testing.assert_allclose(fused, nn.max_pool(unfused, (2, 2), strides=(2, 2)), rtol=1e-6,
-                             atol=1e-6)
+
+  @jax.jit
+  def fused_and_unfused(variables, x):
+    fused = batchnorm.BatchNorm(use_running_average=True, max_pool=True).apply(variables, x)
+    unfused = batchnorm.BatchNorm(use_running_average=True).apply(variables, x)
+    return fused, nn.max_pool(unfused, (2, 2), strides=(2, 2))
+
+  np.testing.assert_allclose(*fused_and_unfused(variables, x), rtol=1e-6, atol=1e-6)
 
 
 def test_backbones_keep_their_parameter_names():
@@ -78,9 +84,10 @@ def test_backbones_keep_their_parameter_names():
 def test_bfloat16_backbone_returns_float32_embeddings_with_float32_parameters():
   net = backbones.Conv4(dtype=jnp.bfloat16)
   x = jnp.ones((4, 28, 28, 1))
-  variables = net.init(jax.random.PRNGKey(0), x, train=False)
+  variables = jax.jit(functools.partial(net.init, train=False))(jax.random.PRNGKey(0), x)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-  out, updates = net.apply(variables, x, train=True, mutable=['batch_stats'])
+  out, updates = jax.jit(functools.partial(net.apply, train=True, mutable=['batch_stats']))(
+    variables, x)
   assert out.dtype == jnp.float32 and out.shape == (4, 64)
   assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(updates))
 
@@ -107,29 +114,33 @@ def test_residual_block_by_hand_in_evaluation():
   # maxpool(leaky(conv3(leaky(conv2(leaky(conv1 x)))) + conv1x1 x)).
   block = backbones.ResidualBlock(4)
   x = jax.random.normal(jax.random.PRNGKey(0), (1, 6, 6, 2))
-  variables = block.init(jax.random.PRNGKey(1), x, False)
+  variables = jax.jit(block.init, static_argnums=2)(jax.random.PRNGKey(1), x, False)
   stats = jax.tree.map(lambda v: v, variables['batch_stats'])
   for name in stats:
     stats[name] = {'mean': jnp.zeros(4), 'var': jnp.full(4, 1 - 1e-5)}
   params = variables['params']
   params = {k: ({'scale': jnp.ones(4), 'bias': jnp.zeros(4)} if k.startswith('BatchNorm') else v)
             for k, v in params.items()}
-  out = block.apply({'params': params, 'batch_stats': stats}, x, False)
-  conv = lambda name, y, pad: jax.lax.conv_general_dilated(
-    y, params[name]['kernel'], (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  leaky = lambda y: jnp.where(y > 0, y, 0.1 * y)
-  h = leaky(conv('Conv_1', x, 'SAME'))
-  h = leaky(conv('Conv_2', h, 'SAME'))
-  h = conv('Conv_3', h, 'SAME')
-  y = leaky(h + conv('Conv_0', x, 'VALID'))
-  want = y.reshape(1, 3, 2, 3, 2, 4).max(axis=(2, 4))
-  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+  out = jax.jit(block.apply, static_argnums=2)({'params': params, 'batch_stats': stats}, x, False)
+
+  @jax.jit
+  def by_hand(params, x):
+    conv = lambda name, y, pad: jax.lax.conv_general_dilated(
+      y, params[name]['kernel'], (1, 1), pad, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    leaky = lambda y: jnp.where(y > 0, y, 0.1 * y)
+    h = leaky(conv('Conv_1', x, 'SAME'))
+    h = leaky(conv('Conv_2', h, 'SAME'))
+    h = conv('Conv_3', h, 'SAME')
+    y = leaky(h + conv('Conv_0', x, 'VALID'))
+    return y.reshape(1, 3, 2, 3, 2, 4).max(axis=(2, 4))
+
+  np.testing.assert_allclose(out, by_hand(params, x), rtol=1e-5, atol=1e-5)
 
 
 def test_drop_block_drops_whole_squares_and_rescales():
   x = jnp.ones((64, 10, 10, 3))
-  out = backbones.drop_block(x, 0.2, 3, jax.random.PRNGKey(0))
-  dropped = np.asarray(out == 0)
+  out = jax.jit(backbones.drop_block, static_argnums=(1, 2))(x, 0.2, 3, jax.random.PRNGKey(0))
+  dropped = np.asarray(out) == 0
   # Every dropped unit lies in a fully dropped 3x3 square.
   for n, i, j, c in zip(*np.nonzero(dropped[:8]), strict=True):
     assert any(dropped[n, a:a + 3, b:b + 3, c].all()
@@ -145,9 +156,10 @@ def test_remat_computes_the_same_values_and_gradients(name, features):
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 20, 20, 3))
   plain = backbones.get_backbone(name, features=features)
   remat = backbones.get_backbone(name, features=features, remat=True)
+  # Eager: a jitted init compiles for longer than its ops one by one.
   variables = plain.init(jax.random.PRNGKey(1), x, train=False)
-  assert jax.tree.structure(variables) == jax.tree.structure(
-    remat.init(jax.random.PRNGKey(1), x, train=False))
+  assert jax.tree.structure(variables) == jax.tree.structure(jax.eval_shape(
+    functools.partial(remat.init, train=False), jax.random.PRNGKey(1), x))
 
   def loss(params, net):
     out, _ = net.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])

@@ -1,5 +1,7 @@
 """The fast BatchNorm against flax's and against the formula, values and gradients."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -17,10 +19,19 @@ def _inputs(shape, seed=0):
     k[3], shape)
 
 
+def _value_and_vjp(f, g, *args):
+  """`f(*args)` and its vjp of the cotangent `g`, in one jitted call."""
+  def run(g, *args):
+    y, vjp = jax.vjp(f, *args)
+    return y, *vjp(g)
+  return jax.jit(run)(g, *args)
+
+
 def test_normalize_by_hand():
   # One channel, values 1, 2, 3, 6: mean 3, biased variance (4 + 1 + 0 + 9) / 4 = 3.5.
   x = jnp.array([1., 2., 3., 6.]).reshape(2, 2, 1)
-  y, mean, var = batchnorm.normalize(x, jnp.array([2.]), jnp.array([1.]), None, 0.0)
+  y, mean, var = jax.jit(lambda x: batchnorm.normalize(x, jnp.array([2.]), jnp.array([1.]),
+                                                        None, 0.0))(x)
   assert float(mean[0]) == pytest.approx(3.0)
   assert float(var[0]) == pytest.approx(3.5)
   expected = 2.0 * (np.array([1., 2., 3., 6.]) - 3.0) / np.sqrt(3.5) + 1.0
@@ -38,21 +49,24 @@ def test_normalize_and_its_gradients_match_the_formula_in_float64(shape):
     return (x - mean) / jnp.sqrt(var + 1e-5) * scale + bias
 
   as64 = lambda t: np.asarray(t, np.float64)
-  y64, vjp64 = jax.vjp(lambda *a: formula(*a), *(jnp.asarray(as64(t)) for t in (x, scale, bias)))
-  grads64 = vjp64(jnp.asarray(as64(g)))
-  y, vjp = jax.vjp(lambda x, s, b: batchnorm.normalize(x, s, b, None, 1e-5)[0], x, scale, bias)
-  for got, want in zip((y, *vjp(g)), (y64, *grads64), strict=True):
-    np.testing.assert_allclose(got, want, rtol=0, atol=5e-5 * float(jnp.abs(want).max()))
+  want64 = _value_and_vjp(formula, *(jnp.asarray(as64(t)) for t in (g, x, scale, bias)))
+  ours = _value_and_vjp(lambda x, s, b: batchnorm.normalize(x, s, b, None, 1e-5)[0], g, x,
+                        scale, bias)
+  for got, want in zip(ours, want64, strict=True):
+    np.testing.assert_allclose(got, want, rtol=0, atol=5e-5 * float(np.abs(want).max()))
 
 
 def test_module_equals_flax_batchnorm_in_training_and_evaluation():
   x, _, _, g = _inputs((4, 6, 6, 3))
   ours = batchnorm.BatchNorm(momentum=0.9, epsilon=1e-5)
   flax_bn = nn.BatchNorm(momentum=0.9, epsilon=1e-5, use_fast_variance=False)
-  variables = flax_bn.init(jax.random.PRNGKey(0), x, use_running_average=False)
+  variables = jax.jit(functools.partial(flax_bn.init, use_running_average=False))(
+    jax.random.PRNGKey(0), x)
   variables = jax.tree.map(lambda v: v + 0.3, variables)  # Non-trivial scale, bias, averages.
-  assert jax.tree.structure(ours.init(jax.random.PRNGKey(0), x)) == jax.tree.structure(variables)
+  assert jax.tree.structure(jax.eval_shape(ours.init, jax.random.PRNGKey(0), x)) == \
+    jax.tree.structure(variables)
 
+  @functools.partial(jax.jit, static_argnums=(0, 2))
   def loss(module, params, use_running_average):
     def f(params):
       kwargs = {} if module is flax_bn else {}
@@ -81,24 +95,25 @@ def test_statistics_pool_over_a_named_vmap_axis():
   def single(x, scale, bias):
     return batchnorm.normalize(x.reshape(15, 4), scale, bias, None, 1e-5)[0].reshape(3, 5, 4)
 
-  y1, vjp1 = jax.vjp(pooled, x, scale, bias)
-  y2, vjp2 = jax.vjp(single, x, scale, bias)
+  y1, *grads1 = _value_and_vjp(pooled, g, x, scale, bias)
+  y2, *grads2 = _value_and_vjp(single, g, x, scale, bias)
   np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
-  for a, b in zip(vjp1(g), vjp2(g), strict=True):
+  for a, b in zip(grads1, grads2, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def test_bfloat16_inputs_keep_float32_statistics():
   x, scale, bias, _ = _inputs((8, 4, 4, 3))
-  y, mean, var = batchnorm.normalize(x.astype(jnp.bfloat16), scale, bias, None, 1e-5)
+  normalize = jax.jit(lambda x: batchnorm.normalize(x, scale, bias, None, 1e-5))
+  y, mean, var = normalize(x.astype(jnp.bfloat16))
   assert y.dtype == jnp.bfloat16 and mean.dtype == var.dtype == jnp.float32
-  y32 = batchnorm.normalize(x, scale, bias, None, 1e-5)[0]
+  y32 = normalize(x)[0]
   np.testing.assert_allclose(np.asarray(y, np.float32), y32, atol=0.05 * float(jnp.abs(y32).max()))
 
 
 def test_initialisation_leaves_the_running_averages_alone():
   x, _, _, _ = _inputs((4, 3))
-  variables = batchnorm.BatchNorm().init(jax.random.PRNGKey(0), x)
+  variables = jax.jit(batchnorm.BatchNorm().init)(jax.random.PRNGKey(0), x)
   np.testing.assert_array_equal(variables['batch_stats']['mean'], np.zeros(3))
   np.testing.assert_array_equal(variables['batch_stats']['var'], np.ones(3))
 
@@ -122,7 +137,7 @@ def test_parameter_gradients_over_devices_add_up_to_the_single_call_gradient():
     y = batchnorm.normalize_max_pool(merged, scale, bias, None, 1e-5)[0]
     return jnp.sum(y * g[..., :1, :1, :].reshape(-1, 1, 1, 2))
 
-  want = jax.grad(single, argnums=(0, 1, 2))(scale, bias, x)
+  want = jax.jit(jax.grad(single, argnums=(0, 1, 2)))(scale, bias, x)
   np.testing.assert_allclose(pooled_grads[0].sum(0), want[0], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(pooled_grads[1].sum(0), want[1], rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(pooled_grads[2], want[2], rtol=1e-4, atol=1e-4)
@@ -134,10 +149,9 @@ def test_unbiased_running_variance_by_hand():
   x = jnp.array([1., 2., 3., 6.]).reshape(2, 2, 1)
   for unbiased, want in ((False, 0.9 + 0.1 * 3.5), (True, 0.9 + 0.1 * 14 / 3)):
     bn = batchnorm.BatchNorm(axis_name='b', momentum=0.9, unbiased_running_var=unbiased)
-    variables = bn.init(jax.random.PRNGKey(0), x[0])
-    _, updates = jax.vmap(lambda v, bn=bn, variables=variables: bn.apply(
-      variables, v, mutable=['batch_stats']),
-                          axis_name='b')(x)
+    variables = jax.jit(bn.init)(jax.random.PRNGKey(0), x[0])
+    _, updates = jax.jit(jax.vmap(lambda v, bn=bn, variables=variables: bn.apply(
+      variables, v, mutable=['batch_stats']), axis_name='b'))(x)
     np.testing.assert_allclose(updates['batch_stats']['var'][0], [want], rtol=1e-6)
     np.testing.assert_allclose(updates['batch_stats']['mean'][0], [0.9 * 0 + 0.1 * 3], rtol=1e-6)
 
@@ -166,9 +180,9 @@ def test_per_position_statistics_and_running_averages_by_hand():
   for unbiased, var_p in ((False, (1., 25., 4.)), (True, (2., 50., 8.))):
     bn = batchnorm.BatchNorm(axis_name='b', momentum=0.9, epsilon=0.0, per_position=True,
                              unbiased_running_var=unbiased)
-    variables = bn.init(jax.random.PRNGKey(0), x[0])
-    y, updates = jax.vmap(lambda v, bn=bn, variables=variables: bn.apply(
-      variables, v, mutable=['batch_stats']), axis_name='b')(x)
+    variables = jax.jit(bn.init)(jax.random.PRNGKey(0), x[0])
+    y, updates = jax.jit(jax.vmap(lambda v, bn=bn, variables=variables: bn.apply(
+      variables, v, mutable=['batch_stats']), axis_name='b'))(x)
     np.testing.assert_allclose(y[..., 0], [[-1., -1., -1.], [1., 1., 1.]], rtol=1e-6)
     stats = jax.tree.map(lambda t: t[0, 0], updates['batch_stats'])
     np.testing.assert_allclose(stats['mean'], .1 * .81 * 2 + .1 * .9 * 15 + .1 * 6, rtol=1e-6)
@@ -206,19 +220,21 @@ def test_per_position_equals_one_call_per_position(max_pool):
     y = jnp.stack(ys, axis=1)
     return jnp.sum(y * g), (y, running)
 
-  (_, (y1, s1)), g1 = jax.value_and_grad(per_position, has_aux=True)(params)
-  (_, (y2, s2)), g2 = jax.value_and_grad(sequential, has_aux=True)(params)
+  value_and_grad = lambda f: jax.jit(jax.value_and_grad(f, has_aux=True))
+  (_, (y1, s1)), g1 = value_and_grad(per_position)(params)
+  (_, (y2, s2)), g2 = value_and_grad(sequential)(params)
   np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
   for tree1, tree2 in ((s1, s2), (g1, g2)):
     for k in tree1:
       np.testing.assert_allclose(tree1[k], tree2[k], rtol=1e-5, atol=1e-5)
-  dx1 = jax.grad(lambda x: jnp.sum(jax.vmap(lambda v: batchnorm.BatchNorm(
+  input_grad = lambda f: jax.jit(jax.grad(f))(x)
+  dx1 = input_grad(lambda x: jnp.sum(jax.vmap(lambda v: batchnorm.BatchNorm(
     per_position=True, **kwargs).apply({'params': params, 'batch_stats': stats}, v,
-                                       mutable=['batch_stats'])[0], axis_name='b')(x) * g))(x)
-  dx2 = jax.grad(lambda x: sum(jnp.sum(jax.vmap(lambda v: batchnorm.BatchNorm(**kwargs).apply(
+                                       mutable=['batch_stats'])[0], axis_name='b')(x) * g))
+  dx2 = input_grad(lambda x: sum(jnp.sum(jax.vmap(lambda v: batchnorm.BatchNorm(**kwargs).apply(
     {'params': params, 'batch_stats': stats}, v, mutable=['batch_stats'])[0],
-                                               axis_name='b')(x[:, p]) * g[:, p])
-                               for p in range(x.shape[1])))(x)
+                                                 axis_name='b')(x[:, p]) * g[:, p])
+                                 for p in range(x.shape[1])))
   np.testing.assert_allclose(dx1, dx2, rtol=1e-4, atol=1e-5)
 
 

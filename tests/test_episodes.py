@@ -63,8 +63,8 @@ def test_host_sampler_invariants():
 def test_labels_are_a_random_permutation_and_queries_are_shuffled():
   images = _labelled_dataset().images
   spec = ep.EpisodeSpec(5, 1, 4)
-  batch = jax.vmap(ep.sample_episode, in_axes=(0, None, None))(
-    jax.random.split(jax.random.PRNGKey(0), 200), images, spec)
+  sample = jax.jit(jax.vmap(ep.sample_episode, in_axes=(0, None, None)), static_argnums=2)
+  batch = sample(jax.random.split(jax.random.PRNGKey(0), 200), images, spec)
   sorted_queries = sum(np.all(np.diff(np.asarray(q)) >= 0) for q in batch.query_labels)
   assert sorted_queries <= 2  # Class-ordered queries would leak labels by position.
   # Label 0 goes to many different classes: labels are not the class ids.
@@ -78,9 +78,10 @@ def test_labels_are_a_random_permutation_and_queries_are_shuffled():
 def test_same_key_same_episode_and_different_keys_differ():
   images = _labelled_dataset().images
   spec = ep.EpisodeSpec(5, 1, 2)
-  a = ep.sample_episode(jax.random.PRNGKey(7), images, spec)
-  b = ep.sample_episode(jax.random.PRNGKey(7), images, spec)
-  c = ep.sample_episode(jax.random.PRNGKey(8), images, spec)
+  sample = jax.jit(ep.sample_episode, static_argnums=2)
+  a = sample(jax.random.PRNGKey(7), images, spec)
+  b = sample(jax.random.PRNGKey(7), images, spec)
+  c = sample(jax.random.PRNGKey(8), images, spec)
   jax.tree.map(np.testing.assert_array_equal, a, b)
   assert not np.array_equal(a.query_images, c.query_images)
 

@@ -24,13 +24,14 @@ def test_adjacency_softmax_by_hand():
                       [np.log(2.), 7., 0.],  # Row 1: 2/3, 1/3.
                       [0., 0., -1.]])        # Row 2: 1/2, 1/2.
   expected = [[0., .25, .75], [2 / 3, 0., 1 / 3], [.5, .5, 0.]]
-  np.testing.assert_allclose(gnn.adjacency_softmax(scores), expected, rtol=1e-6)
+  adjacency_softmax = jax.jit(gnn.adjacency_softmax)
+  np.testing.assert_allclose(adjacency_softmax(scores), expected, rtol=1e-6)
   # The diagonal's score is masked, not penalised: no value of it changes a row.
   huge = scores.at[jnp.diag_indices(3)].set(1e30)
-  np.testing.assert_allclose(gnn.adjacency_softmax(huge), expected, rtol=1e-6)
+  np.testing.assert_allclose(adjacency_softmax(huge), expected, rtol=1e-6)
   # bfloat16 too (a -1e8 penalty is not exact there): zero diagonal, rows sum to 1.
   rng = np.random.default_rng(0)
-  low = gnn.adjacency_softmax(jnp.asarray(rng.normal(size=(6, 6)) * 50, jnp.bfloat16))
+  low = adjacency_softmax(jnp.asarray(rng.normal(size=(6, 6)) * 50, jnp.bfloat16))
   assert low.dtype == jnp.bfloat16
   np.testing.assert_array_equal(np.diag(np.asarray(low, np.float32)), 0.)
   np.testing.assert_allclose(np.asarray(low, np.float32).sum(-1), 1., rtol=1e-2)
@@ -57,12 +58,13 @@ def test_episode_graphs_label_supports_only():
   s, u, q = (jnp.asarray(rng.normal(size=(n, 2)), jnp.float32) for n in (3, 2, 4))
   labels = jnp.array([1, 0, 2])
   uniform = np.full(3, 1 / 3)
-  one = gnn.episode_graphs(s, labels, u, q, way=3, transductive=True)
+  episode_graphs = jax.jit(gnn.episode_graphs, static_argnames=('way', 'transductive'))
+  one = episode_graphs(s, labels, u, q, way=3, transductive=True)
   assert one.shape == (1, 9, 5)
   np.testing.assert_allclose(one[0, :, :2], np.concatenate([s, u, q]))
   np.testing.assert_allclose(one[0, :3, 2:], np.eye(3)[[1, 0, 2]])
   np.testing.assert_allclose(one[0, 3:, 2:], np.tile(uniform, (6, 1)), rtol=1e-6)
-  per_query = gnn.episode_graphs(s, labels, u, q, way=3, transductive=False)
+  per_query = episode_graphs(s, labels, u, q, way=3, transductive=False)
   assert per_query.shape == (4, 6, 5)  # One graph per query: 3 + 2 supports and the query.
   for g in range(4):
     np.testing.assert_allclose(per_query[g, :5], one[0, :5])
@@ -275,11 +277,16 @@ def test_permuting_queries_permutes_logits(transductive):
 def test_logits_are_the_query_nodes_scores():
   episode = _episode()
   out = _apply_fn(True, False)(_variables(), episode)
-  flat = lambda x: x.reshape(x.shape[0], -1)
-  nodes = gnn.episode_graphs(flat(episode.support_images), episode.support_labels,
-                             flat(episode.unlabeled_images), flat(episode.query_images), 3, True)
-  gnn_vars = {k: v['gnn'] for k, v in _variables().items()}
-  scores, adjacency = _model(True).gnn.apply(gnn_vars, nodes, way=3, train=False)
+
+  @jax.jit
+  def by_hand(variables, episode):
+    flat = lambda x: x.reshape(x.shape[0], -1)
+    nodes = gnn.episode_graphs(flat(episode.support_images), episode.support_labels,
+                               flat(episode.unlabeled_images), flat(episode.query_images), 3, True)
+    gnn_vars = {k: v['gnn'] for k, v in variables.items()}
+    return _model(True).gnn.apply(gnn_vars, nodes, way=3, train=False)
+
+  scores, adjacency = by_hand(_variables(), episode)
   np.testing.assert_allclose(out.logits, scores[0, -6:], rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(out.aux['adjacency'], adjacency, rtol=1e-5, atol=1e-6)
 

@@ -34,19 +34,20 @@ def as_images(vectors):
 def test_cosine_similarity_by_hand():
   query = jnp.array([[1., 0.], [1., 1.]])
   support = jnp.array([[2., 0.], [0., 3.], [-1., 1.]])
-  np.testing.assert_allclose(matchingnet.cosine_similarity(query, support),
+  cosine_similarity = jax.jit(matchingnet.cosine_similarity, static_argnums=2)
+  np.testing.assert_allclose(cosine_similarity(query, support),
                              [[1., 0., -1 / S2], [1 / S2, 1 / S2, 0.]], rtol=1e-6, atol=1e-7)
   # Supports normalised only: the second query keeps its norm sqrt(2).
-  np.testing.assert_allclose(matchingnet.cosine_similarity(query, support, False),
+  np.testing.assert_allclose(cosine_similarity(query, support, False),
                              [[1., 0., -1 / S2], [1., 1., 0.]], rtol=1e-6, atol=1e-7)
 
 
 def test_a_zero_embedding_has_cosine_zero_and_a_finite_gradient():
   support = jnp.array([[0., 0.], [1., 0.]])
   query = jnp.array([[3., 4.]])
-  np.testing.assert_allclose(matchingnet.cosine_similarity(query, support), [[0., 0.6]],
+  np.testing.assert_allclose(jax.jit(matchingnet.cosine_similarity)(query, support), [[0., 0.6]],
                              atol=1e-7)
-  grad = jax.grad(lambda s: matchingnet.cosine_similarity(query, s).sum())(support)
+  grad = jax.jit(jax.grad(lambda s: matchingnet.cosine_similarity(query, s).sum()))(support)
   assert np.isfinite(grad).all()
 
 
@@ -55,20 +56,21 @@ def test_class_probabilities_sum_the_attention_by_hand():
   # class 1 at positions 0 and 2: p = (2/6, 4/6) (Eq. 1).
   logits = jnp.log(jnp.array([[1., 2., 3.], [4., 1., 1.]]))
   np.testing.assert_allclose(jax.nn.softmax(logits[:1]), [[1 / 6, 2 / 6, 3 / 6]], rtol=1e-6)
-  log_probs = matchingnet.class_log_probs(logits, jnp.array([1, 0, 1]), way=2)
+  log_probs = jax.jit(matchingnet.class_log_probs, static_argnames='way')(
+    logits, jnp.array([1, 0, 1]), way=2)
   np.testing.assert_allclose(log_probs, np.log([[2 / 6, 4 / 6], [1 / 6, 5 / 6]]), rtol=1e-6)
 
 
 def test_class_log_probs_are_stable_and_an_empty_class_is_harmless():
   logits = jnp.array([[1000., 1000., -1000.]])
   labels = jnp.array([0, 1, 1])
-  np.testing.assert_allclose(matchingnet.class_log_probs(logits, labels, 2), np.log([[.5, .5]]),
-                             rtol=1e-6)
+  class_log_probs = jax.jit(matchingnet.class_log_probs, static_argnums=2)
+  np.testing.assert_allclose(class_log_probs(logits, labels, 2), np.log([[.5, .5]]), rtol=1e-6)
   # Class 2 has no support: -inf, and the cross-entropy's gradient stays finite.
-  log_probs = matchingnet.class_log_probs(jnp.array([[0., 1., 2.]]), labels, 3)
+  log_probs = np.asarray(class_log_probs(jnp.array([[0., 1., 2.]]), labels, 3))
   assert np.isneginf(log_probs[0, 2]) and np.isfinite(log_probs[0, :2]).all()
   loss = lambda x: -matchingnet.class_log_probs(x, labels, 3)[0, 0]
-  assert np.isfinite(jax.grad(loss)(jnp.array([[0., 1., 2.]]))).all()
+  assert np.isfinite(jax.jit(jax.grad(loss))(jnp.array([[0., 1., 2.]]))).all()
 
 
 @pytest.mark.parametrize('normalize_query', [True, False])
@@ -77,7 +79,7 @@ def test_module_logits_and_loss_by_hand(normalize_query):
   support = as_images([[1., 0.], [0., 2.], [-3., 0.]])
   labels = jnp.array([0, 1, 1])
   query = as_images([[2., 0.], [0., -1.]])
-  out = model.apply({}, support, labels, query, way=2, train=False)
+  out = jax.jit(functools.partial(model.apply, way=2, train=False))({}, support, labels, query)
   # Query (2, 0): similarities (1, 0, -1), or (2, 0, -2) unnormalised; query
   # (0, -1) has norm 1, so (0, -1, 0) either way.
   e = np.exp(2.0 if not normalize_query else 1.0)
@@ -86,7 +88,7 @@ def test_module_logits_and_loss_by_hand(normalize_query):
   np.testing.assert_allclose(out.aux['attention'].sum(-1), [1., 1.], rtol=1e-6)
   episode = Episode(support, labels, query, jnp.array([0, 1]), jnp.zeros((0, 1, 1, 2)),
                     jnp.zeros((0,), jnp.int32))
-  loss, _ = model.loss(out, episode)
+  loss, _ = jax.jit(model.loss)(out, episode)
   np.testing.assert_allclose(loss, np.mean([-np.log(p0[0]), -np.log(1 - p0[1])]), rtol=1e-6)
 
 
@@ -206,8 +208,9 @@ def _conv_setup(fce):
                     np.zeros((0, 8, 8, 1), np.float32), np.zeros(0, np.int32))
   variables = model.init(jax.random.PRNGKey(0), episode.support_images, episode.support_labels,
                          episode.query_images, way=3, train=False)
-  # Non-trivial running statistics, as after training.
-  variables = jax.tree.map(lambda x: x + 0.1 * rng.random(x.shape, np.float32), variables)
+  # Non-trivial running statistics, as after training (in NumPy, not op by op).
+  variables = jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.random(x.shape, np.float32),
+                           variables)
   run = jax.jit(lambda e: train.apply_method(model, variables, e, 3, train=False).logits)
   return model, variables, episode, run
 

@@ -92,8 +92,11 @@ def test_two_processes_train_and_resume_as_one_process_with_their_devices(tmp_pa
   err = _finish(_start_two_processes(straight))
   assert 'process 1 of 2, 2 local devices' in err[1]
   a, b = _state(config, tmp_path / 'single'), _state(config, straight, step=4)
+  # atol 1e-5: the summation order differs, and after 4 steps a BatchNorm offset of
+  # about 1e-2 differed by 1.2e-6 between the layouts in one run (a wrong episode
+  # assignment moves the parameters by far more).
   chex.assert_trees_all_close((a.params, a.batch_stats), (b.params, b.batch_stats),
-                              rtol=1e-5, atol=1e-6)
+                              rtol=1e-5, atol=1e-5)
 
   resumed = tmp_path / 'resumed'
   processes = _start_two_processes(resumed)

@@ -1,5 +1,7 @@
 """Relation Networks: hand-computed equations, the pair assembly, no leak, learning."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,14 +32,18 @@ def test_mse_loss_by_hand():
   np.testing.assert_allclose(relationnet.mse_loss(scores, jnp.array([0, 1])), 0.115, rtol=1e-6)
 
 
+@functools.cache
 def _model_and_episode(shot=2):
+  """A model, trained-looking variables, an episode, and the jitted evaluation forward."""
   model = relationnet.RelationNet(backbone=backbones.RelationConv4(),
                                   relation=relationnet.RelationModule())
   rng = np.random.default_rng(0)
   support = rng.random((3 * shot, 28, 28, 1), np.float32)
   labels = np.repeat(np.array([2, 0, 1], np.int32), shot)
   query = rng.random((4, 28, 28, 1), np.float32)
-  variables = model.init(jax.random.PRNGKey(0), support, labels, query, way=3, train=False)
+  variables = jax.jit(functools.partial(model.init, way=3, train=False))(
+    jax.random.PRNGKey(0), support, labels, query)
+  variables = jax.tree.map(np.asarray, variables)  # The changes below in NumPy, not op by op.
   # Non-trivial running statistics, as after training; parameters kept at their
   # scale (the reference's initialisation), so that scores stay inside (0, 1).
   variables = {
@@ -48,32 +54,33 @@ def _model_and_episode(shot=2):
   for name in ('Dense_0', 'Dense_1'):  # From N(0, 0.01) to about N(0, 0.3): varied scores.
     dense = variables['params']['relation'][name]
     dense['kernel'] = dense['kernel'] * 30
-  return model, variables, support, labels, query
+  apply = jax.jit(functools.partial(model.apply, way=3, train=False))
+  return model, variables, support, labels, query, apply
 
 
 def test_scores_are_the_relation_module_on_each_class_query_pair():
-  model, variables, support, labels, query = _model_and_episode()
-  scores = model.apply(variables, support, labels, query, way=3, train=False).logits
-  embed = lambda x: model.backbone.apply({'params': variables['params']['backbone'],
-                                          'batch_stats': variables['batch_stats']['backbone']},
-                                         x, train=False)
-  relate = lambda x: model.relation.apply({'params': variables['params']['relation'],
-                                           'batch_stats': variables['batch_stats']['relation']},
-                                          x, train=False)
-  s, q = embed(support), embed(query)
+  model, variables, support, labels, query, apply = _model_and_episode()
+  scores = np.asarray(apply(variables, support, labels, query).logits)
+  embed = jax.jit(lambda x: model.backbone.apply(
+    {'params': variables['params']['backbone'],
+     'batch_stats': variables['batch_stats']['backbone']}, x, train=False))
+  relate = jax.jit(lambda x: model.relation.apply(
+    {'params': variables['params']['relation'],
+     'batch_stats': variables['batch_stats']['relation']}, x, train=False))
+  s, q = np.asarray(embed(support)), np.asarray(embed(query))
   for k in range(3):
     class_map = s[labels == k].sum(0)
     for i in range(4):
-      pair = jnp.concatenate([class_map, q[i]], axis=-1)[None]
+      pair = np.concatenate([class_map, q[i]], axis=-1)[None]
       np.testing.assert_allclose(scores[i, k], relate(pair)[0], rtol=1e-5)
   assert scores.shape == (4, 3) and np.all((scores > 0) & (scores < 1))
 
 
 def test_relabelling_the_classes_permutes_the_scores():
-  model, variables, support, labels, query = _model_and_episode()
-  scores = model.apply(variables, support, labels, query, way=3, train=False).logits
+  _, variables, support, labels, query, apply = _model_and_episode()
+  scores = apply(variables, support, labels, query).logits
   perm = np.array([1, 2, 0])  # Class k becomes perm[k].
-  permuted = model.apply(variables, support, perm[labels], query, way=3, train=False).logits
+  permuted = apply(variables, support, perm[labels], query).logits
   np.testing.assert_allclose(np.asarray(permuted)[:, perm], scores, rtol=1e-5)
 
 
@@ -84,7 +91,8 @@ def test_a_vector_backbone_is_refused():
                                   relation=relationnet.RelationModule())
   x = np.zeros((3, 28, 28, 1), np.float32)
   with pytest.raises(ValueError, match='feature maps'):
-    model.init(jax.random.PRNGKey(0), x, np.arange(3), x, way=3, train=False)
+    jax.jit(functools.partial(model.init, way=3, train=False))(jax.random.PRNGKey(0), x,
+                                                               np.arange(3), x)
 
 
 def test_tiny_relationnet_learns_omniglot(tmp_path, data_dir):

@@ -1,5 +1,7 @@
 """TPN: hand-computed equations, no label leak, transductive by construction, learning."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -41,14 +43,15 @@ def test_normalized_laplacian_by_hand():
 def test_propagation_by_hand_and_against_the_inverse():
   # (I - a S)^-1 for S = [[0, 1], [1, 0]] is [[1, a], [a, 1]] / (1 - a^2).
   a = 0.5
-  f = tpn.propagate(jnp.array([[0., 1.], [1., 0.]]), jnp.array([[1.], [0.]]), a)
+  propagate = jax.jit(tpn.propagate, static_argnums=2)
+  f = propagate(jnp.array([[0., 1.], [1., 0.]]), jnp.array([[1.], [0.]]), a)
   np.testing.assert_allclose(f[:, 0], [1 / (1 - a * a), a / (1 - a * a)], rtol=1e-6)
   rng = np.random.default_rng(0)
   w = rng.random((6, 6))
-  s = np.asarray(tpn.normalized_laplacian(jnp.asarray(w + w.T)))
+  s = np.asarray(jax.jit(tpn.normalized_laplacian)(jnp.asarray(w + w.T)))
   y = np.eye(3)[[0, 1, 2, 0, 0, 0]] * (np.arange(6) < 3)[:, None]
   want = np.linalg.inv(np.eye(6) - 0.99 * s) @ y
-  np.testing.assert_allclose(tpn.propagate(jnp.asarray(s), jnp.asarray(y), 0.99), want,
+  np.testing.assert_allclose(propagate(jnp.asarray(s), jnp.asarray(y), 0.99), want,
                              rtol=1e-3)
 
 
@@ -58,19 +61,21 @@ def _model_and_episode():
   support = rng.random((3, 28, 28, 1), np.float32)
   labels = np.array([2, 0, 1], np.int32)
   query = rng.random((6, 28, 28, 1), np.float32)
-  variables = model.init(jax.random.PRNGKey(0), support, labels, query, way=3, train=False)
+  variables = jax.jit(functools.partial(model.init, way=3, train=False))(
+    jax.random.PRNGKey(0), support, labels, query)
   variables = {'params': variables['params'],
-               'batch_stats': jax.tree.map(lambda x: x + 0.1 * rng.random(x.shape, np.float32),
-                                           variables['batch_stats'])}
+               'batch_stats': jax.tree.map(lambda x: np.asarray(x) + 0.1 * rng.random(
+                 x.shape, np.float32), variables['batch_stats'])}
   return model, variables, support, labels, query
 
 
 def test_permuting_queries_permutes_the_scores():
   # Label leaks and query interaction: tests/test_leaks.py.
   model, variables, support, labels, query = _model_and_episode()
-  a = model.apply(variables, support, labels, query, way=3, train=False).logits
+  apply = jax.jit(functools.partial(model.apply, way=3, train=False))
+  a = apply(variables, support, labels, query).logits
   perm = np.array([5, 2, 0, 4, 1, 3])
-  c = model.apply(variables, support, labels, query[perm], way=3, train=False).logits
+  c = apply(variables, support, labels, query[perm]).logits
   np.testing.assert_allclose(c, np.asarray(a)[perm], rtol=1e-4, atol=1e-6)
   assert a.shape == (6, 3) and np.all(np.isfinite(a))
 
@@ -81,7 +86,7 @@ def test_loss_is_the_cross_entropy_of_every_node():
   episode = Episode(jnp.zeros((2, 1, 1, 1)), jnp.array([0, 1]), jnp.zeros((1, 1, 1, 1)),
                     jnp.array([0]), jnp.zeros((0, 1, 1, 1)), jnp.zeros((0,), jnp.int32))
   model = tpn.TPN(backbone=backbones.Conv4(), graph=tpn.GraphConstruction())
-  loss, _ = model.loss(out, episode)
+  loss, _ = jax.jit(model.loss)(out, episode)
   want = np.mean([np.log1p(np.exp(-2.)), np.log1p(np.exp(-1.)), np.log(2.)])
   np.testing.assert_allclose(loss, want, rtol=1e-6)
 
@@ -97,8 +102,9 @@ def test_tiny_tpn_learns_omniglot(tmp_path, data_dir):
 def test_every_scale_starts_at_sigma_init():
   maps = np.random.default_rng(1).random((7, 1, 1, 64), np.float32)
   g = tpn.GraphConstruction(sigma_init=0.3)
-  variables = g.init(jax.random.PRNGKey(0), maps, train=True)
-  sigma, _ = g.apply(variables, maps, train=True, mutable=['batch_stats'])
+  variables = jax.jit(functools.partial(g.init, train=True))(jax.random.PRNGKey(0), maps)
+  sigma, _ = jax.jit(functools.partial(g.apply, train=True, mutable=['batch_stats']))(
+    variables, maps)
   np.testing.assert_allclose(sigma, np.full(7, 0.3), rtol=1e-6)
 
 

@@ -1,5 +1,6 @@
 """The training loop: devices, resume, determinism, failures, and real learning."""
 
+import functools
 import json
 import os
 import re
@@ -37,8 +38,7 @@ def test_four_devices_equal_one_device(tmp_path):
   a, b = results[1]['state'], results[4]['state']
   chex.assert_trees_all_close((a.params, a.batch_stats), (b.params, b.batch_stats),
                               rtol=1e-3, atol=1e-4)
-  init = train.create_train_state(*train.build(tiny_config(optimizer='sgd')), (28, 28, 1),
-                                  jax.random.PRNGKey(0)).params
+  init = train.create_train_state(*train.build(config), (28, 28, 1), jax.random.PRNGKey(0)).params
   moved = jax.tree.map(lambda x, y: float(np.abs(x - y).max()), a.params, init)
   assert min(jax.tree.leaves(moved)) > 1e-4  # Training moved every parameter.
   np.testing.assert_allclose(results[1]['test_accuracy'], results[4]['test_accuracy'], atol=0.02)
@@ -181,15 +181,18 @@ def test_meta_batch_batchnorm_pools_the_episodes_of_the_vmap():
   images = rng.random((3, 4, 28, 28, 1), np.float32)  # 3 episodes of 4 images.
   pooled = backbones.Conv4(bn_axis=backbones.EPISODES)
   single = backbones.Conv4()
-  variables = single.init(jax.random.PRNGKey(0), images[0], train=False)
+  variables = jax.jit(functools.partial(single.init, train=False))(jax.random.PRNGKey(0),
+                                                                   images[0])
   run = lambda model, x: model.apply(variables, x, train=True, mutable=['batch_stats'])
-  vmapped, vmapped_stats = jax.vmap(lambda x: run(pooled, x), axis_name=backbones.EPISODES)(images)
-  together, together_stats = run(single, images.reshape(12, 28, 28, 1))
+  # Jitted: op by op, this test compiled about 200 programs.
+  vmapped, vmapped_stats = jax.jit(jax.vmap(lambda x: run(pooled, x),
+                                            axis_name=backbones.EPISODES))(images)
+  together, together_stats = jax.jit(lambda x: run(single, x))(images.reshape(12, 28, 28, 1))
   np.testing.assert_allclose(vmapped.reshape(12, -1), together, rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(jax.tree.map(lambda x: x[0], vmapped_stats), together_stats,
                               rtol=1e-4, atol=1e-6)
   # Per-episode statistics (the default) differ.
-  alone, _ = jax.vmap(lambda x: run(single, x))(images)
+  alone, _ = jax.jit(jax.vmap(lambda x: run(single, x)))(images)
   assert not np.allclose(alone.reshape(12, -1), together, atol=1e-3)
 
 
