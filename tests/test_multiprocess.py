@@ -72,6 +72,18 @@ def _losses(workdir) -> dict:
   return {r['step']: r['train/loss'] for r in history.read(str(workdir)) if 'train/loss' in r}
 
 
+def _assert_close_up_to_rounding(x, y):
+  """Equal up to the rounding of another summation order, which grows over steps:
+  after 4 steps most entries agree to 1e-8, but one BatchNorm offset of about 5e-3
+  differed by 1.2e-6 in one CI run and by 1.1e-5 in another (a near-tie in a
+  max-pool, flipped by rounding, routes a gradient elsewhere). A wrong episode
+  assignment moves every entry, so the mean difference stays tight."""
+  chex.assert_trees_all_equal_structs(x, y)
+  diffs = np.concatenate([np.abs(np.asarray(u) - np.asarray(v)).ravel()
+                          for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True)])
+  assert diffs.max() < 1e-4 and diffs.mean() < 1e-7, (diffs.max(), diffs.mean())
+
+
 @pytest.mark.slow
 def test_two_processes_train_and_resume_as_one_process_with_their_devices(tmp_path):
   """Host sampling: each process samples its own devices' episodes only (device
@@ -92,11 +104,7 @@ def test_two_processes_train_and_resume_as_one_process_with_their_devices(tmp_pa
   err = _finish(_start_two_processes(straight))
   assert 'process 1 of 2, 2 local devices' in err[1]
   a, b = _state(config, tmp_path / 'single'), _state(config, straight, step=4)
-  # atol 1e-5: the summation order differs, and after 4 steps a BatchNorm offset of
-  # about 1e-2 differed by 1.2e-6 between the layouts in one run (a wrong episode
-  # assignment moves the parameters by far more).
-  chex.assert_trees_all_close((a.params, a.batch_stats), (b.params, b.batch_stats),
-                              rtol=1e-5, atol=1e-5)
+  _assert_close_up_to_rounding((a.params, a.batch_stats), (b.params, b.batch_stats))
 
   resumed = tmp_path / 'resumed'
   processes = _start_two_processes(resumed)
