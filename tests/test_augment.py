@@ -20,7 +20,6 @@ def ramp(channels=3):
 
 def test_pad_crop_is_a_shifted_window_of_the_zero_padded_image():
   image, pad = ramp(), 2
-  pad_crop = jax.jit(augment.pad_crop, static_argnums=2)
   offsets = set()
   for seed in range(40):
     key = jax.random.PRNGKey(seed)
@@ -28,17 +27,17 @@ def test_pad_crop_is_a_shifted_window_of_the_zero_padded_image():
     offsets.add((dy, dx))
     padded = np.zeros((H + 2 * pad, W + 2 * pad, 3), np.float32)
     padded[pad:pad + H, pad:pad + W] = image
-    np.testing.assert_array_equal(pad_crop(key, image, pad),
+    np.testing.assert_array_equal(augment.pad_crop(key, image, pad),
                                   padded[dy:dy + H, dx:dx + W])
   assert len(offsets) > 10  # The offsets do vary with the key.
 
 
 def test_flip_is_a_horizontal_mirror_about_half_the_time():
-  one = jax.jit(augment.Augmentation(('flip',)).one)
+  aug = augment.Augmentation(('flip',))
   image = ramp()
   flipped = 0
   for seed in range(200):
-    out = np.asarray(one(jax.random.PRNGKey(seed), image))
+    out = np.asarray(aug.one(jax.random.PRNGKey(seed), image))
     if np.array_equal(out, np.asarray(image)[:, ::-1]):
       flipped += 1
     else:
@@ -56,30 +55,27 @@ def test_color_jitter_by_hand():
   x = np.clip((x - mean) * c + mean, 0, 1)
   grey = (x @ luma)[..., None]
   want = np.clip((x - grey) * s + grey, 0, 1)
-  color_jitter = jax.jit(augment.color_jitter, static_argnums=2)
-  np.testing.assert_allclose(color_jitter(key, image, 0.4), want, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(color_jitter(key, image, 0.0), image, atol=1e-6)
+  np.testing.assert_allclose(augment.color_jitter(key, image, 0.4), want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(augment.color_jitter(key, image, 0.0), image, atol=1e-6)
 
 
 def test_resized_crop_keeps_the_shape_the_range_and_constant_images():
   image = jnp.asarray(np.random.default_rng(0).random((8, 8, 3)), jnp.float32)
   key = jax.random.PRNGKey(0)
-  resized_crop = jax.jit(augment.resized_crop, static_argnums=2)
-  out = resized_crop(key, image, (1.0, 1.0))
+  out = augment.resized_crop(key, image, (1.0, 1.0))
   assert out.shape == image.shape
   assert float(out.min()) >= float(image.min()) - 1e-6
   assert float(out.max()) <= float(image.max()) + 1e-6
   constant = jnp.full((8, 8, 3), 0.25)
-  np.testing.assert_allclose(resized_crop(key, constant, (0.1, 0.5)), constant, atol=1e-6)
+  np.testing.assert_allclose(augment.resized_crop(key, constant, (0.1, 0.5)), constant, atol=1e-6)
 
 
 def test_resized_crop_zooms_into_a_window():
   # A crop of a quarter of the area, aspect 1, lands on a 4x4 window of an 8x8
   # image: each output pixel is a bilinear mix of that window only.
   image = jnp.asarray(np.arange(64, dtype=np.float32).reshape(8, 8, 1))
-  resized_crop = jax.jit(augment.resized_crop, static_argnums=2)
   for seed in range(10):
-    out = np.asarray(resized_crop(jax.random.PRNGKey(seed), image, (0.25, 0.25)))
+    out = np.asarray(augment.resized_crop(jax.random.PRNGKey(seed), image, (0.25, 0.25)))
     # The crop is at most 4/sqrt(3/4) ~ 4.6 pixels on a side: the output spans
     # at most that many rows' and columns' worth of values.
     row_span = out[:, 0, 0].max() - out[:, 0, 0].min()
@@ -89,7 +85,7 @@ def test_resized_crop_zooms_into_a_window():
 
 
 def test_augmentation_is_a_pure_function_of_the_key():
-  aug = jax.jit(augment.Augmentation(('pad_crop', 'flip', 'jitter'), pad=2))
+  aug = augment.Augmentation(('pad_crop', 'flip', 'jitter'), pad=2)
   images = jnp.stack([ramp(), ramp()[::-1]])
   key = jax.random.PRNGKey(5)
   np.testing.assert_array_equal(aug(key, images), aug(key, images))
@@ -121,13 +117,9 @@ def test_sources_augment_only_when_given_an_augmentation():
   plain = episodes.DeviceEpisodes(dataset, spec, 0.5, 0.25, devices=jax.local_devices()[:1])
   flip = episodes.DeviceEpisodes(dataset, spec, 0.5, 0.25, devices=jax.local_devices()[:1],
                                  augment=augment.Augmentation(('flip',)))
-
-  @jax.jit
-  def sample(images, keys):  # One program: XLA samples the episodes once for all three.
-    raw = jax.vmap(episodes.sample_episode, in_axes=(0, None, None))(keys, images, spec)
-    return raw, plain.episodes(images, keys), flip.episodes(images, keys)
-
-  raw, a, b = sample(jnp.asarray(dataset.images), keys)
+  raw = jax.vmap(episodes.sample_episode, in_axes=(0, None, None))(keys, dataset.images, spec)
+  a = plain.episodes(jnp.asarray(dataset.images), keys)
+  b = flip.episodes(jnp.asarray(dataset.images), keys)
   np.testing.assert_allclose(a.query_images, (raw.query_images / 255.0 - 0.5) / 0.25, rtol=1e-6)
   np.testing.assert_array_equal(a.query_labels, b.query_labels)  # Same episodes...
   pairs = list(zip(np.asarray(a.query_images).reshape(-1, H, W, 3),
