@@ -34,7 +34,9 @@ def test_mse_loss_by_hand():
 
 @functools.cache
 def _model_and_episode(shot=2):
-  """A model, trained-looking variables, an episode, and the jitted evaluation forward."""
+  """A model, trained-looking variables, an episode, and the jitted evaluation forward.
+
+  Cached, so shared by the tests that call it: they must not change what it returns."""
   model = relationnet.RelationNet(backbone=backbones.RelationConv4(),
                                   relation=relationnet.RelationModule())
   rng = np.random.default_rng(0)

@@ -184,7 +184,7 @@ def test_meta_batch_batchnorm_pools_the_episodes_of_the_vmap():
   variables = jax.jit(functools.partial(single.init, train=False))(jax.random.PRNGKey(0),
                                                                    images[0])
   run = lambda model, x: model.apply(variables, x, train=True, mutable=['batch_stats'])
-  # Jitted: op by op, this test compiled about 200 programs.
+  # Jitted: op by op, this test compiled 202 programs.
   vmapped, vmapped_stats = jax.jit(jax.vmap(lambda x: run(pooled, x),
                                             axis_name=backbones.EPISODES))(images)
   together, together_stats = jax.jit(lambda x: run(single, x))(images.reshape(12, 28, 28, 1))
