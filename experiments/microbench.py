@@ -22,6 +22,10 @@ Cases:
                 accumulation; run it under different XLA_FLAGS, e.g.
                 `--xla_cpu_use_onednn=true --xla_cpu_experimental_onednn_custom_call=true`
                 (oneDNN, which uses AMX on CPUs that have it).
+  conv_in_loop  The weight gradient of one 3x3, 64-channel convolution on 6 chunks
+                of 20 28x28 maps, inside `lax.map` and unrolled, with
+                `lax.conv_general_dilated` and with `conv.conv_general_dilated`
+                (the backbones' convolution, `fsl_jax/models/conv.py`).
   graph_profile The 3 EGNN graph layers on `--graphs` non-transductive graphs of
                 26 nodes (5-way 5-shot, 1 query), forward+backward, with XLA's
                 ten most expensive operations from a profiler trace.
@@ -45,10 +49,10 @@ import jax.numpy as jnp
 from absl import app, flags
 
 import fsl_jax  # noqa: F401  (the project's XLA flags, before JAX starts a backend)
-from fsl_jax.models import backbones, batchnorm, egnn
+from fsl_jax.models import backbones, batchnorm, conv, egnn
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list('cases', ['matmul', 'conv_stack', 'batchnorm', 'graph_profile'],
+flags.DEFINE_list('cases', ['matmul', 'conv_stack', 'batchnorm', 'conv_in_loop', 'graph_profile'],
                   'Cases to run.')
 flags.DEFINE_integer('images', 150, 'Images per pass (a meta-batch of 40 episodes: 1200).')
 flags.DEFINE_integer('graphs', 100, 'Graphs per pass (meta-batch 40 non-transductive: 200).')
@@ -163,6 +167,20 @@ def batchnorm_case():
     print(f'batchnorm {name:42s} {seconds:.3f} s', flush=True)
 
 
+def conv_in_loop():
+  key = jax.random.PRNGKey(0)
+  x = jax.random.normal(key, (6, 20, 28, 28, 64))
+  w = jax.random.normal(key, (3, 3, 64, 64)) * 0.05
+  for name, fn in (('lax', jax.lax.conv_general_dilated), ('conv.py', conv.conv_general_dilated)):
+    one = lambda w, xi, fn=fn: jnp.sum(fn(xi, w, (1, 1), 'SAME',
+                                          dimension_numbers=('NHWC', 'HWIO', 'NHWC')) ** 2)
+    in_loop = lambda w, x, one=one: jax.lax.map(lambda xi: one(w, xi), x).sum()
+    unrolled = lambda w, x, one=one: sum(one(w, x[i]) for i in range(x.shape[0]))
+    for where, loss in (('lax.map', in_loop), ('unrolled', unrolled)):
+      seconds = timed(jax.grad(loss), w, x)
+      print(f'conv_in_loop {name:8s} {where:9s} weight gradient {seconds:.3f} s', flush=True)
+
+
 def graph_profile():
   num_nodes = 26
   gnn = egnn.EdgeLabelingGNN(3, 96, 96, 0.1)
@@ -195,7 +213,7 @@ def graph_profile():
 
 
 CASES = {'matmul': matmul, 'conv_stack': conv_stack, 'batchnorm': batchnorm_case,
-         'graph_profile': graph_profile}
+         'conv_in_loop': conv_in_loop, 'graph_profile': graph_profile}
 
 
 def main(argv):

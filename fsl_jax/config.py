@@ -62,6 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Recompute the backbone's activations block by block in the backward pass
   # instead of storing them (less memory, more compute); backbones with blocks only.
   c.remat = False
+  # Embed an episode's images this many at a time (0: all at once), each chunk
+  # recomputed in the backward pass: the embedding's memory of one chunk
+  # (`fsl_jax.models.backbones.in_chunks`). Needs batchnorm_stats='per_position'.
+  c.embed_chunk_size = 0
   # Training augmentation on the device (`fsl_jax.data.augment`): comma-separated
   # operations from resized_crop, pad_crop, flip, jitter; empty: none. Validation
   # and test episodes are never augmented.

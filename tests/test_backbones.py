@@ -178,3 +178,66 @@ def test_remat_on_a_backbone_without_it_is_a_clear_error():
   config.backbone, config.remat = 'egnn_conv4', True
   with pytest.raises(ValueError, match="'egnn_conv4' has no remat option.*resnet12"):
     backbones.from_config(config)
+
+
+def _chunked_and_whole(chunk_size):
+  # 3 episodes of 7 images, per-position BatchNorm statistics pooled over the episodes,
+  # as `batchnorm_stats='per_position'` trains: chunks of 3 leave a remainder of 1.
+  spec = backbones.BatchNormSpec(axis=backbones.EPISODES, per_position=True)
+  whole = backbones.EGNNConv4(features=(8, 8, 8, 8), embed_dim=6, dropout=(0.0,) * 4,
+                              bn_axis=spec)
+  return backbones.in_chunks(whole, chunk_size), whole
+
+
+def test_embedding_in_chunks_keeps_the_parameters_and_evaluates_the_same():
+  chunked, whole = _chunked_and_whole(3)
+  x = jax.random.normal(jax.random.PRNGKey(0), (7, 21, 21, 3))
+  init = lambda net: jax.eval_shape(functools.partial(net.init, train=False),
+                                    jax.random.PRNGKey(1), x)
+  assert jax.tree.map(jnp.shape, init(chunked)) == jax.tree.map(jnp.shape, init(whole))
+  variables = whole.init(jax.random.PRNGKey(1), x, train=False)
+  variables = {**variables, 'batch_stats': jax.tree.map(  # Running averages not 0 and 1.
+    lambda v: v + jax.random.uniform(jax.random.PRNGKey(2), v.shape), variables['batch_stats'])}
+  evaluate = jax.jit(lambda net: net.apply(variables, x, train=False), static_argnums=0)
+  np.testing.assert_allclose(evaluate(chunked), evaluate(whole), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('chunk_size', [3, 7, 10])
+def test_training_in_chunks_equals_the_whole_batch(chunk_size):
+  # The outputs, the gradients and the running averages (P sequential updates, one
+  # per position, carried from chunk to chunk in order) of the whole meta-batch at once.
+  chunked, whole = _chunked_and_whole(chunk_size)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 7, 21, 21, 3))
+  variables = whole.init(jax.random.PRNGKey(1), x[0], train=False)
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def loss_and_grad(params, net):
+    def loss(params):
+      apply = lambda x: net.apply({**variables, 'params': params}, x, train=True,
+                                  mutable=['batch_stats'])
+      out, updates = jax.vmap(apply, axis_name=backbones.EPISODES)(x)
+      return (out ** 2).mean(), (out, updates)
+    return jax.grad(loss, has_aux=True)(params)
+
+  got, want = loss_and_grad(variables['params'], chunked), loss_and_grad(variables['params'],
+                                                                        whole)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_embed_chunk_size_from_config_and_its_errors():
+  from fsl_jax import config as config_lib
+
+  config = config_lib.base_config()
+  config.backbone, config.batchnorm_stats, config.embed_chunk_size = 'egnn_conv4', 'per_position', 5
+  net = backbones.from_config(config)
+  assert isinstance(net, backbones.EGNNConv4) and net.embed_chunk_size == 5 and net.loop_conv
+  config.embed_chunk_size = -1
+  with pytest.raises(ValueError, match='must be 0 .* or positive, got -1'):
+    backbones.from_config(config)
+  config.embed_chunk_size, config.batchnorm_stats = 5, 'episode'
+  with pytest.raises(ValueError, match="needs batchnorm_stats='per_position'"):
+    backbones.from_config(config)
+  config.batchnorm_stats, config.backbone, config.remat = 'per_position', 'conv4', True
+  with pytest.raises(ValueError, match='set remat=False'):
+    backbones.from_config(config)

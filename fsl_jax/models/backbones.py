@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from fsl_jax import parallel
-from fsl_jax.models import batchnorm, linear
+from fsl_jax.models import batchnorm, conv, linear
 
 # PyTorch's BatchNorm defaults (momentum 0.1 there is 0.9 here), as in the
 # reference implementations of every method in this library. `batchnorm.BatchNorm`
@@ -153,13 +153,17 @@ class EGNNConv4(nn.Module):
   embed_dim: int = 128
   bn_axis: Any = None  # See `batch_norm`.
   dtype: Any = jnp.float32  # Compute dtype; see `compute_dtype`.
+  # `conv.Conv` instead of `nn.Conv` (the same parameters): fast inside a loop, so
+  # `in_chunks` sets it; at the top level nn.Conv measured faster (EGNN Omniglot step).
+  loop_conv: bool = False
 
   @nn.compact
   def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
     """Maps `[batch, H, W, C]` images to `[batch, embed_dim]` float32 embeddings."""
     x = images.astype(self.dtype)
     for features, padding, rate in zip(self.features, self.padding, self.dropout, strict=True):
-      x = nn.Conv(features, (3, 3), padding=padding, use_bias=False, dtype=self.dtype)(x)
+      layer = conv.Conv if self.loop_conv else nn.Conv
+      x = layer(features, (3, 3), padding=padding, use_bias=False, dtype=self.dtype)(x)
       x = batch_norm(train, self.bn_axis, max_pool=True)(x)  # BatchNorm, then the max-pool.
       x = nn.leaky_relu(x, 0.2)
       if train and rate:
@@ -234,10 +238,10 @@ class ResidualBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    conv = functools.partial(nn.Conv, self.features, use_bias=False, dtype=self.dtype)
-    shortcut = batch_norm(train, self.bn_axis)(conv((1, 1))(x))
+    layer = functools.partial(nn.Conv, self.features, use_bias=False, dtype=self.dtype)
+    shortcut = batch_norm(train, self.bn_axis)(layer((1, 1))(x))
     for i in range(3):
-      x = batch_norm(train, self.bn_axis)(conv((3, 3), padding='SAME')(x))
+      x = batch_norm(train, self.bn_axis)(layer((3, 3), padding='SAME')(x))
       if i < 2:
         x = nn.leaky_relu(x, 0.1)
     x = batchnorm.max_pool_2x2(nn.leaky_relu(x + shortcut, 0.1))
@@ -347,7 +351,8 @@ def _has_field(name: str, field: str) -> bool:
 
 
 def from_config(config) -> nn.Module:
-  """The backbone a config names, with its BatchNorm pooling, compute dtype and remat."""
+  """The backbone a config names, with its BatchNorm pooling, compute dtype, remat and
+  `embed_chunk_size` (see `in_chunks`)."""
   kwargs = {'bn_axis': bn_axis(config), 'dtype': compute_dtype(config)}
   if config.remat:
     if config.backbone in BACKBONES and not _has_field(config.backbone, 'remat'):
@@ -355,7 +360,84 @@ def from_config(config) -> nn.Module:
       raise ValueError(f'Backbone {config.backbone!r} has no remat option; backbones with '
                        f'one: {with_remat}.')
     kwargs['remat'] = True
-  return get_backbone(config.backbone, **kwargs)
+  chunk = int(config.embed_chunk_size)
+  if chunk:
+    if chunk < 0:
+      raise ValueError(f'embed_chunk_size must be 0 (all images at once) or positive, got {chunk}.')
+    if config.batchnorm_stats != 'per_position':
+      raise ValueError(
+        f"embed_chunk_size={chunk} needs batchnorm_stats='per_position': with "
+        f"{config.batchnorm_stats!r} statistics, training BatchNorm pools every image of an "
+        'episode, so embedding them in chunks would change the model. Set '
+        "batchnorm_stats='per_position' (the official EGNN's) or embed_chunk_size=0.")
+    if config.remat:
+      raise ValueError('embed_chunk_size already recomputes each chunk in the backward pass; '
+                       'set remat=False.')
+  backbone = get_backbone(config.backbone, **kwargs)
+  return in_chunks(backbone, chunk) if chunk else backbone
+
+
+def in_chunks(backbone: nn.Module, chunk_size: int) -> nn.Module:
+  """`backbone`, embedding its images `chunk_size` at a time, each chunk recomputed in
+  the backward pass: the memory of one chunk instead of the whole batch.
+
+  The chunks are one `nn.scan` (the parameters broadcast, the BatchNorm running
+  averages carried from chunk to chunk in order), then a direct call on the
+  remainder. The parameters are the backbone's own, under the same names, so a
+  checkpoint trained in chunks evaluates without them and vice versa. It computes
+  the same function as the whole batch at once wherever no image's output depends
+  on another's: in evaluation (running averages) and, in training, with
+  per-position BatchNorm statistics (`batchnorm_stats='per_position'`, which
+  `from_config` requires). Under the episodes' vmap a chunk holds `chunk_size`
+  images of every episode. Dropout masks differ from the unchunked ones (one key
+  per chunk).
+
+  Why a scan, not a Python loop of `jax.checkpoint`s: XLA schedules the unrolled
+  recomputations together, which measured no saving; and why it is fast: the
+  backbone's convolutions become `conv.Conv` (`loop_conv=True`), whose weight
+  gradient XLA's CPU backend runs at full speed inside a loop (see
+  `fsl_jax/models/conv.py`). Only `EGNNConv4` has that switch today: other
+  backbones embed in chunks correctly, but slowly on the CPU.
+  """
+  base = type(backbone)
+  chunked_cls = _CHUNKED.get(base)
+  if chunked_cls is None:
+    chunked_cls = type(f'{base.__name__}InChunks', (base,), {
+      '__annotations__': {'embed_chunk_size': int}, 'embed_chunk_size': 0,
+      '__call__': _chunked_call, '__module__': __name__,
+      '__doc__': f'`{base.__name__}` embedding its images in chunks (`in_chunks`).'})
+    _CHUNKED[base] = chunked_cls
+  fields = {f: getattr(backbone, f) for f in base.__dataclass_fields__
+            if f not in ('parent', 'name')}
+  if 'loop_conv' in fields:
+    fields['loop_conv'] = True
+  return chunked_cls(**fields, embed_chunk_size=chunk_size)
+
+
+_CHUNKED: dict[type, type] = {}
+
+
+def _chunked_call(self, images: jax.Array, *, train: bool) -> jax.Array:
+  base_call = type(self).__mro__[1].__call__
+  chunk, n = self.embed_chunk_size, images.shape[0]
+  if self.is_initializing() or chunk >= n:
+    return base_call(self, images, train=train)
+  count = n // chunk
+
+  def body(module, carry, x):
+    return carry, base_call(module, x, train=train)
+
+  body = nn.remat(body, prevent_cse=False)  # Inside a scan: no CSE to prevent.
+  stats = {'variable_carry': 'batch_stats'} if train else {}
+  broadcast = ['params'] if train else ['params', 'batch_stats']
+  scan = nn.scan(body, variable_broadcast=broadcast, split_rngs={'params': False, 'dropout': True},
+                 length=count, **stats)
+  head = images[:count * chunk].reshape((count, chunk) + images.shape[1:])
+  _, out = scan(self, None, head)
+  out = out.reshape((count * chunk,) + out.shape[2:])
+  if count * chunk < n:
+    out = jnp.concatenate([out, base_call(self, images[count * chunk:], train=train)], axis=0)
+  return out
 
 
 def embed_episode(backbone: nn.Module, *image_sets: jax.Array, train: bool) -> list[jax.Array]:
