@@ -102,10 +102,10 @@ def conv_stack():
     weights = [(jax.random.normal(key, (3, 3, ci, co)) * 0.1).astype(dtype)
                for ci, co, _ in LAYERS]
     images = jax.random.normal(key, (FLAGS.images, 84, 84, 3), dtype)
-    for name, conv in (('xla', conv_xla), ('im2col', conv_im2col)):
-      def loss(weights, x, conv=conv):
+    for name, conv_fn in (('xla', conv_xla), ('im2col', conv_im2col)):
+      def loss(weights, x, conv_fn=conv_fn):
         for w, (_, _, padding) in zip(weights, LAYERS, strict=True):
-          x = nn.leaky_relu(batchnorm.max_pool_2x2(conv(x, w, padding)), 0.2)
+          x = nn.leaky_relu(batchnorm.max_pool_2x2(conv_fn(x, w, padding)), 0.2)
         return jnp.sum(x.astype(jnp.float32) ** 2)
       seconds = timed(jax.grad(loss), weights, images)
       print(f'conv_stack {name:7s} {jnp.dtype(dtype).name:8s} {seconds:.3f} s', flush=True)
