@@ -100,7 +100,8 @@ ROWS = (
              '--config.eval_every=500'),
       mode=(('transductive', True),)),
   Row('EGNN, transductive, fsl_jax\'s training', 'egnn_omniglot_5way1shot_2k',
-      'egnn_omniglot:5way1shot', '2000 of the reference\'s 100k steps, meta-batch 40',
+      'egnn_omniglot:5way1shot', '2000 of the reference\'s 100k steps, meta-batch 40 '
+      '(rerun on a later machine, its command gives other numbers: README.md, Results)',
       {(5, 1): None}, flags=('--config.num_train_steps=2000', '--config.eval_every=500'),
       mode=(('transductive', True),), columns=((5, 1),)),
   Row('EGNN, transductive, the reference\'s training', 'egnn_omniglot_5way1shot_reference_2k',

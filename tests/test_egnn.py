@@ -426,3 +426,48 @@ def test_unrolled_scan_computes_the_same_function():
     if train:
       a, b = a[0], b[0]
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
+
+
+
+@pytest.mark.parametrize('transductive', [False, True])
+def test_graph_remat_computes_the_same_loss_gradients_and_statistics(transductive):
+  """`graph_remat` recomputes the layers in the backward pass: the same function."""
+  episode = _episode(unlabeled=1)
+  plain, remat = _model(transductive, dropout=0.3), _model(transductive, dropout=0.3, remat=True)
+  variables = _variables(plain, episode)
+
+  def loss(params, model):
+    outputs, new = train_lib.apply_method(model, {**variables, 'params': params}, episode, 3,
+                                          train=True, rng=jax.random.PRNGKey(1))
+    return model.loss(outputs, episode)[0], new['batch_stats']
+
+  results = [jax.jit(jax.value_and_grad(functools.partial(loss, model=model), has_aux=True))(
+    variables['params']) for model in (plain, remat)]
+  (a_loss, a_stats), a_grads = results[0]
+  (b_loss, b_stats), b_grads = results[1]
+  np.testing.assert_allclose(a_loss, b_loss, rtol=1e-6)
+  assert float(a_loss) > 0
+  chex.assert_trees_all_close(a_grads, b_grads, rtol=1e-5, atol=1e-6)  # Rounding: 4e-7 seen.
+  chex.assert_trees_all_close(a_stats, b_stats, rtol=1e-6, atol=1e-7)
+  assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(a_grads['gnn'])) > 0
+
+
+def test_graph_remat_from_config():
+  config = load_config('egnn_mini_imagenet', '5way5shot-nontransductive')
+  assert egnn.EGNN.from_config(config).gnn.remat is bool(config.graph_remat)
+  config.graph_remat = not config.graph_remat
+  assert egnn.EGNN.from_config(config).gnn.remat is bool(config.graph_remat)
+
+def test_benchmark_counts_a_chunked_embedding_in_full():
+  """The benchmark's FLOP count of a step that embeds in chunks (a scan, whose body
+  XLA's cost analysis counts once) equals that of the same step embedding at once."""
+  from fsl_jax.training import benchmark
+
+  counts = {}
+  for chunk in (5, 0):
+    config = load_config('egnn_mini_imagenet', 'tiny')
+    config.embed_chunk_size = chunk
+    config.num_layers, config.edge_loss_weights = 1, (1.0,)  # Less to compile.
+    counts[chunk] = benchmark.benchmark(config, compile_only=True,
+                                        synthetic_shape=(28, 28, 3))['train_step_flops']
+  assert counts[0] and counts[5] == counts[0], counts

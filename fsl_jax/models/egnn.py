@@ -277,6 +277,11 @@ class EdgeLabelingGNN(nn.Module):
     unroll: layers per iteration of the scan's loop (`num_layers` or more: no
       loop). The same function either way; XLA's cost analysis counts a loop
       body once, so the benchmark counts FLOPs with the scan unrolled.
+    remat: recompute each layer's activations in the backward pass instead of
+      keeping them (`nn.remat` of the scan's body): the same function and
+      gradients, with one layer's activations alive at a time instead of all
+      of them. Pays where the graphs are large, as the non-transductive
+      form's one graph per query.
   """
 
   num_layers: int = 3
@@ -285,6 +290,7 @@ class EdgeLabelingGNN(nn.Module):
   dropout: float = 0.0
   bn_axis: Any = None
   unroll: int = 1
+  remat: bool = False
 
   @nn.compact
   def __call__(self, nodes: jax.Array, edges: jax.Array, *, train: bool) -> jax.Array:
@@ -301,8 +307,10 @@ class EdgeLabelingGNN(nn.Module):
     width = max(nodes.shape[-1], self.node_features)
     nodes = jnp.pad(nodes, [(0, 0)] * (nodes.ndim - 1) + [(0, width - nodes.shape[-1])])
     rates = jnp.array([self.dropout] * (self.num_layers - 1) + [0.0], jnp.float32)
+    # prevent_cse=False: inside a scan the recomputation cannot be merged away.
+    body = nn.remat(GraphLayer, prevent_cse=False) if self.remat else GraphLayer
     layers = nn.scan(
-      GraphLayer,
+      body,
       variable_axes={'params': 0, 'batch_stats': 0},
       split_rngs={'params': True, 'dropout': True},
       length=self.num_layers,
@@ -340,6 +348,7 @@ class EGNN(FewShotMethod):
     'graph_dropout': 0.1,  # Reference: 0.1 on miniImageNet, 0 on tieredImageNet.
     'edge_loss_weights': (0.5, 0.5, 1.0),
     'scan_unroll': 1,  # Graph layers per scan iteration; see `EdgeLabelingGNN.unroll`.
+    'graph_remat': False,  # Recompute the graph layers in the backward pass; ditto `remat`.
     # The reference's transductive loss counts each query's self-edge (`loss_edges`).
     'loss_self_edges': False,
   }
@@ -355,7 +364,8 @@ class EGNN(FewShotMethod):
       raise ValueError(f'graph_dropout must be in [0, 1), got {config.graph_dropout}.')
     bn_axis = backbones.bn_axis(config, embedding=False)
     gnn = EdgeLabelingGNN(config.num_layers, config.node_features, config.edge_features,
-                          config.graph_dropout, bn_axis, config.scan_unroll)
+                          config.graph_dropout, bn_axis, config.scan_unroll,
+                          bool(config.graph_remat))
     return cls(backbone=backbones.from_config(config), gnn=gnn,
                transductive=bool(config.transductive), edge_loss_weights=weights,
                loss_self_edges=bool(config.loss_self_edges))

@@ -44,15 +44,21 @@ def train_step_flops(config, compiled, source, spec, per_device: int, state,
   """XLA's FLOP count of one device's train step, with every scan unrolled.
 
   XLA counts the body of a loop once, whatever its trip count, so a scanned
-  model would be undercounted; a method with a scan-unroll field is compiled
-  once more with its scans unrolled (the same function) for the count, and any
-  other method's `compiled` step is counted as it is.
+  model would be undercounted; a method with a scan-unroll field, or a backbone
+  that embeds in chunks (`embed_chunk_size`, a scan), is compiled once more
+  with its scans unrolled and its images embedded at once (the same function)
+  for the count, and any other method's `compiled` step is counted as it is.
+  The count is the model's: the chunks' recomputation in the backward pass
+  (remat) is not in it.
   """
-  if any(field in config for field in UNROLL_FIELDS):
+  chunked = bool(config.get('embed_chunk_size', 0))
+  if chunked or any(field in config for field in UNROLL_FIELDS):
     config = ml_collections.ConfigDict(config.to_dict())
     for field in UNROLL_FIELDS:
       if field in config:
         config[field] = 1_000_000  # Clamped to the scan's length by the method.
+    if chunked:
+      config.embed_chunk_size = 0
     _, model = train.build(config)
     step = jax.pmap(functools.partial(train.train_step, model=model, source=source, spec=spec,
                                       per_device=per_device),
