@@ -4,6 +4,8 @@
       --config.data_dir=../shared/data
     # Shapes only (random pixels), e.g. miniImageNet-sized images:
     python experiments/benchmark.py --config=... --synthetic_shape=84,84,3
+    # Where a train step's time goes (a profiler trace of one step):
+    python experiments/benchmark.py --config=... --profile
 """
 
 import json
@@ -25,6 +27,9 @@ flags.DEFINE_integer('train_steps', 20, 'Timed train steps.')
 flags.DEFINE_integer('eval_calls', 5, 'Timed evaluation calls.')
 flags.DEFINE_bool('compile_only', False,
                   "Only compile the train step and report XLA's memory for it.")
+flags.DEFINE_bool('profile', False,
+                  'Also trace one train step and report where its time goes, by XLA '
+                  'operation kind (opcode, forward or backward) and by operation.')
 flags.mark_flag_as_required('config')
 
 
@@ -38,7 +43,7 @@ def main(argv):
   with common.user_errors():
     result = benchmark.benchmark(FLAGS.config, train_steps=FLAGS.train_steps,
                                  eval_calls=FLAGS.eval_calls, synthetic_shape=shape,
-                                 compile_only=FLAGS.compile_only)
+                                 compile_only=FLAGS.compile_only, profile=FLAGS.profile)
   print(json.dumps(result, indent=1))
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 import functools
+import glob
+import gzip
+import json
 import os
+import re
 import resource
+import tempfile
 import time
 
 import jax
@@ -69,9 +75,84 @@ def train_step_flops(config, compiled, source, spec, per_device: int, state,
   return (cost or {}).get('flops')
 
 
+_HLO_LINE = re.compile(r'^\s*(?:ROOT\s+)?%?([^\s=]+)\s*=\s*.*?\s([a-z][a-z0-9-]*)\(')
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
+
+
+_CONV_SHAPES = re.compile(r'=\s*\w+\[([\d,]*)\].*window=\{size=([\dx]+).*dim_labels=\w+_\w+->(\w+)')
+
+
+def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
+  """Maps each instruction of a compiled module to a kind for the step profile.
+
+  The kind is the instruction's opcode (`convolution`, `dot`, `fusion`, ...)
+  followed by ` backward` where JAX's metadata places it in a transposed (VJP)
+  computation, ` forward` where the metadata places it elsewhere, and nothing
+  where XLA left it no metadata. A convolution whose window is larger than
+  its output's spatial extent is a kernel gradient (XLA writes those without
+  metadata): ` weight gradient`.
+  """
+  kinds = {}
+  for line in hlo_text.splitlines():
+    match = _HLO_LINE.match(line)
+    if not match:
+      continue
+    name, opcode = match.groups()
+    op_name = _OP_NAME.search(line)
+    direction = ('' if op_name is None else
+                 ' backward' if 'transpose(' in op_name.group(1) else ' forward')
+    conv = _CONV_SHAPES.search(line) if opcode == 'convolution' else None
+    if conv:
+      shape = [int(d) for d in conv.group(1).split(',') if d]
+      window = [int(d) for d in conv.group(2).split('x')]
+      labels = conv.group(3)
+      spatial = [shape[i] for i, c in enumerate(labels) if c.isdigit()]
+      if len(spatial) == len(window) and np.prod(window) > np.prod(spatial):
+        direction = ' weight gradient'
+    kinds[name] = opcode + direction
+  return kinds
+
+
+def step_profile(compiled, run, top: int = 12) -> dict:
+  """Where one call of `run` (a call of the `compiled` program) spends its time.
+
+  Traces one call with `jax.profiler` and sums the durations of the trace's
+  XLA operations, by instruction kind (`hlo_op_kinds`) and by instruction.
+  Durations are summed over threads, so the total can exceed the wall time
+  when operations run in parallel.
+
+  Returns:
+    `{'total_ms', 'by_kind': [[kind, ms, share], ...], 'top_ops': [[name, kind, ms,
+    share], ...]}`, largest first.
+  """
+  kinds = hlo_op_kinds(compiled.as_text())
+  jax.block_until_ready(run())  # Nothing left to compile or allocate inside the trace.
+  with tempfile.TemporaryDirectory() as trace_dir:
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    jax.block_until_ready(run())
+    jax.profiler.stop_trace()
+    paths = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)
+    with gzip.open(paths[0]) as f:
+      events = json.load(f)['traceEvents']
+  by_op = collections.Counter()
+  for event in events:
+    if event.get('ph') == 'X' and event.get('name') in kinds:
+      by_op[event['name']] += event.get('dur', 0) / 1e3
+  by_kind = collections.Counter()
+  for name, ms in by_op.items():
+    by_kind[kinds[name]] += ms
+  total = sum(by_op.values()) or 1.0
+  return {
+    'total_ms': round(total, 1),
+    'by_kind': [[kind, round(ms, 1), round(ms / total, 3)] for kind, ms in by_kind.most_common()],
+    'top_ops': [[name, kinds[name], round(ms, 1), round(ms / total, 3)]
+                for name, ms in by_op.most_common(top)],
+  }
+
+
 def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
               synthetic_shape: tuple[int, ...] | None = None,
-              compile_only: bool = False) -> dict:
+              compile_only: bool = False, profile: bool = False) -> dict:
   """Measures compile time, train and eval episodes per second, and peak memory.
 
   Args:
@@ -83,6 +164,8 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
     compile_only: only compile the train step and report XLA's memory for it
       (`train_step_temp_bytes`: its temporaries per device), without running
       anything; for a shape that may not fit.
+    profile: also trace one train step and report where its time goes
+      (`step_profile`, under `train_step_profile`).
 
   Returns:
     A JSON-able dict of measurements.
@@ -139,6 +222,7 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
 
   jax.block_until_ready(run_step())  # Untimed: first-run allocations.
   step_time = _time(run_step, train_steps)
+  profile_result = {'train_step_profile': step_profile(compiled, run_step)} if profile else {}
 
   per_call = config.eval_batch_size * len(devices)
   evaluator = train.Evaluator(model, eval_source, num_episodes=per_call * eval_calls,
@@ -159,4 +243,5 @@ def benchmark(config, *, train_steps: int = 20, eval_calls: int = 5,
     'eval_episodes_per_s': round(per_call * eval_calls / eval_time, 2),
     'peak_device_bytes': stats.get('peak_bytes_in_use'),
     'peak_host_rss_mib': round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    **profile_result,
   }

@@ -427,10 +427,13 @@ def _check_divergence(config, loss: float, early: float, first: int, last: int) 
 
 
 # Fields that may change when a run is resumed: they do not change what is trained.
+# The last four trade memory for recomputation in the same function (each has a
+# test that values and gradients are unchanged), so only the rounding may differ.
 RESUMABLE_CHANGES = frozenset({
   'num_train_steps', 'log_every', 'eval_every', 'checkpoint_every', 'keep_checkpoints',
   'eval_episodes', 'eval_batch_size', 'data_dir', 'cache_dir', 'download', 'num_devices',
   'divergence_factor', 'stop_on_divergence',
+  'remat', 'embed_chunk_size', 'graph_remat', 'scan_unroll',
 })
 
 
