@@ -80,36 +80,80 @@ _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
 _CONV_SHAPES = re.compile(r'=\s*\w+\[([\d,]*)\].*window=\{size=([\dx]+).*dim_labels=\w+_\w+->(\w+)')
+_COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$')
+_CALLS = re.compile(r'calls=%?([^\s,}]+)')
+_LAYOUT_OPS = frozenset({'parameter', 'copy', 'transpose', 'bitcast', 'reshape', 'broadcast',
+                         'constant', 'slice', 'concatenate', 'pad', 'tuple',
+                         'get-tuple-element', 'dynamic-slice', 'dynamic-update-slice', 'reverse'})
+
+
+def _direction(line: str) -> str:
+  op_name = _OP_NAME.search(line)
+  return '' if op_name is None else (' backward' if 'transpose(' in op_name.group(1)
+                                      else ' forward')
+
+
+def _conv_kind(line: str) -> str:
+  conv = _CONV_SHAPES.search(line)
+  if conv:
+    shape = [int(d) for d in conv.group(1).split(',') if d]
+    window = [int(d) for d in conv.group(2).split('x')]
+    spatial = [shape[i] for i, c in enumerate(conv.group(3)) if c.isdigit()]
+    if len(spatial) == len(window) and np.prod(window) > np.prod(spatial):
+      return 'convolution weight gradient'
+  return 'convolution' + _direction(line)
 
 
 def hlo_op_kinds(hlo_text: str) -> dict[str, str]:
   """Maps each instruction of a compiled module to a kind for the step profile.
 
-  The kind is the instruction's opcode (`convolution`, `dot`, `fusion`, ...)
-  followed by ` backward` where JAX's metadata places it in a transposed (VJP)
-  computation, ` forward` where the metadata places it elsewhere, and nothing
-  where XLA left it no metadata. A convolution whose window is larger than
-  its output's spatial extent is a kernel gradient (XLA writes those without
-  metadata): ` weight gradient`.
+  A convolution is a `convolution weight gradient` when its window is larger
+  than its output's spatial extent (a kernel gradient; XLA leaves those
+  without metadata), else `convolution backward` where JAX's metadata places
+  it in a transposed (VJP) computation and `convolution forward` where it
+  places it elsewhere. A fusion is named by what it computes: the
+  convolution or `dot` it holds, else `fusion: layout` (copies, transposes,
+  slices, pads only) or `fusion: elementwise/reduce`; other instructions by
+  their opcode, with the same ` forward` / ` backward` suffix (none without
+  metadata).
   """
+  lines = hlo_text.splitlines()
+  bodies, current = {}, None  # Computation name -> its instruction lines.
+  for line in lines:
+    header = _COMPUTATION.match(line)
+    if header and '=' not in line.split('(')[0]:
+      current = bodies.setdefault(header.group(1), [])
+    elif line.strip() == '}':
+      current = None
+    elif current is not None:
+      current.append(line)
+
+  def fusion_kind(line: str) -> str:
+    calls = _CALLS.search(line)
+    inner = bodies.get(calls.group(1), []) if calls else []
+    for inner_line in inner:
+      match = _HLO_LINE.match(inner_line)
+      if match and match.group(2) == 'convolution':
+        return _conv_kind(inner_line)
+    opcodes = {m.group(2) for m in map(_HLO_LINE.match, inner) if m}
+    if 'dot' in opcodes:
+      return 'dot' + _direction(line)
+    if opcodes and opcodes <= _LAYOUT_OPS:
+      return 'fusion: layout' + _direction(line)
+    return 'fusion: elementwise/reduce' + _direction(line)
+
   kinds = {}
-  for line in hlo_text.splitlines():
+  for line in lines:
     match = _HLO_LINE.match(line)
     if not match:
       continue
     name, opcode = match.groups()
-    op_name = _OP_NAME.search(line)
-    direction = ('' if op_name is None else
-                 ' backward' if 'transpose(' in op_name.group(1) else ' forward')
-    conv = _CONV_SHAPES.search(line) if opcode == 'convolution' else None
-    if conv:
-      shape = [int(d) for d in conv.group(1).split(',') if d]
-      window = [int(d) for d in conv.group(2).split('x')]
-      labels = conv.group(3)
-      spatial = [shape[i] for i, c in enumerate(labels) if c.isdigit()]
-      if len(spatial) == len(window) and np.prod(window) > np.prod(spatial):
-        direction = ' weight gradient'
-    kinds[name] = opcode + direction
+    if opcode == 'convolution':
+      kinds[name] = _conv_kind(line)
+    elif opcode == 'fusion':
+      kinds[name] = fusion_kind(line)
+    else:
+      kinds[name] = opcode + _direction(line)
   return kinds
 
 
