@@ -163,34 +163,50 @@ def step_profile(compiled, run, top: int = 12) -> dict:
   Traces one call with `jax.profiler` and sums the durations of the trace's
   XLA operations, by instruction kind (`hlo_op_kinds`) and by instruction.
   Durations are summed over threads, so the total can exceed the wall time
-  when operations run in parallel.
+  when operations run in parallel. It can also fall short of it: on XLA's CPU
+  backend an operation that runs on the intra-op thread pool (convolutions,
+  through Eigen) may be traced for less than it runs. Measured on EGNN's
+  miniImageNet step at meta-batch 4 (`experiments/README.md`, Benchmark): the
+  traced operations sum to 2.0 s of a 4.2 s call, and its convolutions to
+  0.17 s. So read the shares as those of the traced time, and `call_wall_ms`
+  against `total_ms` for how much is missing.
 
   Returns:
-    `{'total_ms', 'by_kind': [[kind, ms, share], ...], 'top_ops': [[name, kind, ms,
-    share], ...]}`, largest first.
+    `{'total_ms', 'call_wall_ms', 'by_kind': [[kind, ms, share], ...], 'top_ops': [[name, kind, ms,
+    share], ...], 'other_events_ms': [[name, ms], ...]}`, largest first.
   """
   kinds = hlo_op_kinds(compiled.as_text())
   jax.block_until_ready(run())  # Nothing left to compile or allocate inside the trace.
   with tempfile.TemporaryDirectory() as trace_dir:
     jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    start = time.perf_counter()
     jax.block_until_ready(run())
+    wall_ms = (time.perf_counter() - start) * 1e3
     jax.profiler.stop_trace()
     paths = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)
     with gzip.open(paths[0]) as f:
       events = json.load(f)['traceEvents']
-  by_op = collections.Counter()
+  by_op, other = collections.Counter(), collections.Counter()
   for event in events:
-    if event.get('ph') == 'X' and event.get('name') in kinds:
-      by_op[event['name']] += event.get('dur', 0) / 1e3
+    if event.get('ph') != 'X':
+      continue
+    (by_op if event.get('name') in kinds else other)[event.get('name')] += (
+      event.get('dur', 0) / 1e3)
   by_kind = collections.Counter()
   for name, ms in by_op.items():
     by_kind[kinds[name]] += ms
   total = sum(by_op.values()) or 1.0
   return {
     'total_ms': round(total, 1),
+    # Operations inside loops (a scan's body) may not be traced one by one: a total
+    # well under the wall time of the call says so.
+    'call_wall_ms': round(wall_ms, 1),
     'by_kind': [[kind, round(ms, 1), round(ms / total, 3)] for kind, ms in by_kind.most_common()],
     'top_ops': [[name, kinds[name], round(ms, 1), round(ms / total, 3)]
                 for name, ms in by_op.most_common(top)],
+    # Trace events that are not an instruction of the module (runtime, thunks,
+    # host work), which may enclose instructions: not in the shares above.
+    'other_events_ms': [[name, round(ms, 1)] for name, ms in other.most_common(top)],
   }
 
 
