@@ -28,19 +28,14 @@ Cases:
                 (the backbones' convolution, `fsl_jax/models/conv.py`).
   graph_profile The 3 EGNN graph layers on `--graphs` non-transductive graphs of
                 26 nodes (5-way 5-shot, 1 query), forward+backward, with XLA's
-                ten most expensive operations from a profiler trace.
+                traced time by kind and its ten most expensive operations
+                (`fsl_jax.training.benchmark.step_profile`).
 """
 
 from __future__ import annotations
 
-import collections
 import functools
-import glob
-import gzip
-import json
 import os
-import re
-import tempfile
 import time
 
 import flax.linen as nn
@@ -50,6 +45,7 @@ from absl import app, flags
 
 import fsl_jax  # noqa: F401  (the project's XLA flags, before JAX starts a backend)
 from fsl_jax.models import backbones, batchnorm, conv, egnn
+from fsl_jax.training import benchmark
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('cases', ['matmul', 'conv_stack', 'batchnorm', 'conv_in_loop', 'graph_profile'],
@@ -197,20 +193,12 @@ def graph_profile():
   grad = jax.jit(jax.grad(loss))
   print(f'graph_profile forward+backward {timed(grad, variables["params"], nodes):.3f} s',
         flush=True)
-  jax.block_until_ready(grad(variables['params'], nodes))  # Compiled outside the trace.
-  with tempfile.TemporaryDirectory() as trace_dir:
-    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-    jax.block_until_ready(grad(variables['params'], nodes))
-    jax.profiler.stop_trace()
-    (path,) = glob.glob(f'{trace_dir}/**/*.trace.json.gz', recursive=True)
-    events = json.load(gzip.open(path))['traceEvents']
-  total = collections.Counter()
-  for event in events:
-    if event.get('ph') == 'X' and not event['name'].startswith(('$', 'Thunk', 'Pjit', 'Task')):
-      total[re.sub(r'\.\d+$', '', event['name'])] += event.get('dur', 0)
-  for name, micros in total.most_common(10):
-    print(f'graph_profile   {micros / 1e3:8.1f} ms  {name}')
-
+  compiled = grad.lower(variables['params'], nodes).compile()
+  profile = benchmark.step_profile(compiled, lambda: compiled(variables['params'], nodes), top=10)
+  for kind, ms, share in profile['by_kind'][:10]:
+    print(f'graph_profile   {ms:8.1f} ms {100 * share:5.1f}%  {kind}')
+  for name, kind, ms, share in profile['top_ops']:
+    print(f'graph_profile   {ms:8.1f} ms {100 * share:5.1f}%  {name} ({kind})')
 
 CASES = {'matmul': matmul, 'conv_stack': conv_stack, 'batchnorm': batchnorm_case,
          'conv_in_loop': conv_in_loop, 'graph_profile': graph_profile}

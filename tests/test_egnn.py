@@ -428,7 +428,6 @@ def test_unrolled_scan_computes_the_same_function():
     np.testing.assert_allclose(a.logits, b.logits, rtol=1e-5, atol=1e-6)
 
 
-
 @pytest.mark.parametrize('transductive', [False, True])
 def test_graph_remat_computes_the_same_loss_gradients_and_statistics(transductive):
   """`graph_remat` recomputes the layers in the backward pass: the same function."""
@@ -457,6 +456,7 @@ def test_graph_remat_from_config():
   assert egnn.EGNN.from_config(config).gnn.remat is bool(config.graph_remat)
   config.graph_remat = not config.graph_remat
   assert egnn.EGNN.from_config(config).gnn.remat is bool(config.graph_remat)
+
 
 def test_benchmark_counts_a_chunked_embedding_in_full():
   """The benchmark's FLOP count of a step that embeds in chunks (a scan, whose body

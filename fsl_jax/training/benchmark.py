@@ -77,8 +77,6 @@ def train_step_flops(config, compiled, source, spec, per_device: int, state,
 
 _HLO_LINE = re.compile(r'^\s*(?:ROOT\s+)?%?([^\s=]+)\s*=\s*.*?\s([a-z][a-z0-9-]*)\(')
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
-
-
 _CONV_SHAPES = re.compile(r'=\s*\w+\[([\d,]*)\].*window=\{size=([\dx]+).*dim_labels=\w+_\w+->(\w+)')
 _COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([^\s(]+)\s*\(.*\{\s*$')
 _CALLS = re.compile(r'calls=%?([^\s,}]+)')
@@ -198,8 +196,8 @@ def step_profile(compiled, run, top: int = 12) -> dict:
   total = sum(by_op.values()) or 1.0
   return {
     'total_ms': round(total, 1),
-    # Operations inside loops (a scan's body) may not be traced one by one: a total
-    # well under the wall time of the call says so.
+    # Operations traced for less than they run (see above): a total well under the
+    # call's wall time says so.
     'call_wall_ms': round(wall_ms, 1),
     'by_kind': [[kind, round(ms, 1), round(ms / total, 3)] for kind, ms in by_kind.most_common()],
     'top_ops': [[name, kinds[name], round(ms, 1), round(ms / total, 3)]
