@@ -17,8 +17,11 @@ Measured here (1000 fixed test episodes, 95% CI), a short schedule:
   (`--config.num_train_steps=1000`; the exact commands and files: README.md,
   Results: ProtoNet, miniImageNet).
   1shot, 500 steps (2.5% of the default): 5-way 1-shot 27.51 +- 0.41
-  (`--config.num_train_steps=500 --config.eval_every=500`; training loss still
-  above the uniform guess's at step 534: see the same README section).
+  (`--config.num_train_steps=500 --config.eval_every=500`). Its training
+  loss is still near the uniform guess's at step 500; an independent PyTorch
+  ProtoNet trains the same way step for step
+  (`experiments/compare_protonet_torch.py`): a slow start of the 1-shot
+  protocol, not a bug (the same README section).
 """
 
 from experiments.configs import _protonet
