@@ -49,6 +49,9 @@ config_flags.DEFINE_config_file('config', None, 'A ProtoNet config file.', lock_
 flags.DEFINE_string('torch_python', None, 'Python of a virtual environment with torch.')
 flags.DEFINE_integer('steps', 20, 'Training steps on each side.')
 flags.DEFINE_integer('threads', 2, "PyTorch's threads.")
+flags.DEFINE_float('last_scale', 1.0,
+                   "Multiply the last BatchNorm's scale at initialisation (both sides) by this: "
+                   'e.g. 0.05 makes the logits of order 1 and the loss well-conditioned.')
 flags.DEFINE_string('output', None, 'Write both sides, step by step, as JSON here.')
 flags.mark_flags_as_required(['config', 'torch_python'])
 
@@ -66,8 +69,9 @@ def check_supported(config) -> None:
       f'The PyTorch side implements only {wanted}; this config has {wrong}.')
 
 
-def fsl_jax_run(config, steps: int):
-  """The initial parameters, the episodes of steps 1..`steps` and their metrics."""
+def fsl_jax_run(config, steps: int, last_scale: float = 1.0):
+  """The initial and final parameters, the first step's gradients, and the episodes
+  of steps 1..`steps` with their metrics."""
   import jax
 
   from fsl_jax import parallel
@@ -85,6 +89,11 @@ def fsl_jax_run(config, steps: int):
                                        devices)
   state = train.create_train_state(config, model, source.image_shape,
                                    jax.random.PRNGKey(config.seed))
+  if last_scale != 1.0:
+    params = jax.tree.map(lambda x: x, state.params)  # A copy to edit.
+    last = params['backbone'][f'ConvBlock_{len(params["backbone"]) - 1}']['BatchNorm_0']
+    last['scale'] = last['scale'] * last_scale
+    state = state.replace(params=params)
   initial = jax.device_get(state.params['backbone'])
   train_key = state.train_key
 
@@ -132,7 +141,8 @@ def main(argv):
   config = FLAGS.config.copy_and_resolve_references()
   with common.user_errors():
     check_supported(config)
-    config, initial, final, gradients, episodes, jax_rows = fsl_jax_run(config, FLAGS.steps)
+    config, initial, final, gradients, episodes, jax_rows = fsl_jax_run(
+      config, FLAGS.steps, FLAGS.last_scale)
   params = flat_parameters(initial)
   stacked = {name: np.stack([getattr(e, name) for e in episodes])
              for name in ('support_images', 'support_labels', 'query_images', 'query_labels')}
@@ -170,6 +180,7 @@ def main(argv):
   if FLAGS.output:
     with open(FLAGS.output, 'w') as f:
       json.dump({'command': ' '.join(sys.argv), 'config': config.to_dict(),
+                 'last_scale': FLAGS.last_scale,
                  'torch_version': torch_out['torch_version'], 'steps': rows,
                  'kernel_gradient_rel_diff_step_1': gradient_diff,
                  'kernel_rel_diff_after_last_step': kernel_diff}, f, indent=1)
