@@ -56,9 +56,14 @@ flags.DEFINE_string('output', None, 'Write both sides, step by step, as JSON her
 flags.mark_flags_as_required(['config', 'torch_python'])
 
 
-def check_supported(config) -> None:
-  """Raises a ConfigError unless both sides implement this config."""
+def check_supported(config, steps: int) -> None:
+  """Raises a ConfigError unless both sides implement this config for `steps` steps."""
   from fsl_jax import config as config_lib
+
+  if config.lr_decay_every and steps > config.lr_decay_every:
+    raise config_lib.ConfigError(
+      f'The PyTorch side keeps the learning rate constant; --steps={steps} would pass the '
+      f"config's first decay at step {config.lr_decay_every}. Use fewer steps.")
 
   wanted = {'method': 'protonet', 'backbone': 'conv4', 'batchnorm_stats': 'episode',
             'meta_batch_size': 1, 'optimizer': 'adam', 'weight_decay': 0.0, 'augment': '',
@@ -104,6 +109,7 @@ def fsl_jax_run(config, steps: int, last_scale: float = 1.0):
   p_sample = jax.pmap(sample, axis_name=train.AXIS, devices=devices)
   p_step = jax.pmap(functools.partial(train.train_step, model=model, source=source, spec=spec,
                                       per_device=1), axis_name=train.AXIS, devices=devices)
+
   def first_loss(params, episode):  # The loss of `train.train_step`'s `episode_loss`.
     variables = {'params': params, 'batch_stats': state.batch_stats}
     outputs, _ = train.apply_method(model, variables, episode, spec.way, train=True,
@@ -140,7 +146,7 @@ def main(argv):
   common.setup()
   config = FLAGS.config.copy_and_resolve_references()
   with common.user_errors():
-    check_supported(config)
+    check_supported(config, FLAGS.steps)
     config, initial, final, gradients, episodes, jax_rows = fsl_jax_run(
       config, FLAGS.steps, FLAGS.last_scale)
   params = flat_parameters(initial)
