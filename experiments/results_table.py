@@ -127,6 +127,14 @@ ROWS = (
       flags=('--config.num_train_steps=1500', '--config.lr_decay_every=500',
              '--config.eval_every=0', '--config.checkpoint_every=250'),
       mode=(('transductive', True),), columns=((5, 1), (5, 5), (20, 1))),
+  Row('EGNN, transductive, trained at 5-way 5-shot', 'egnn_omniglot_5way5shot_decay',
+      'egnn_omniglot:5way5shot',
+      '1000 of the reference\'s 100k steps, meta-batch 40, 5-way 5-shot, the learning rate '
+      'halved at step 500, no validation (the last checkpoint is tested)',
+      {(5, 1): None, (5, 5): None, (20, 1): None, (20, 5): None},
+      flags=('--config.num_train_steps=1000', '--config.lr_decay_every=500',
+             '--config.eval_every=0', '--config.checkpoint_every=100'),
+      mode=(('transductive', True),), columns=((5, 5),)),
   Row('EGNN, transductive, fsl_jax\'s training', 'egnn_omniglot_5way1shot_2k',
       'egnn_omniglot:5way1shot', '2000 of the reference\'s 100k steps, meta-batch 40 '
       '(rerun on a later machine, its command gives other numbers: README.md, Results)',
