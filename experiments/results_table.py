@@ -130,7 +130,8 @@ ROWS = (
   Row('EGNN, transductive, trained at 5-way 5-shot', 'egnn_omniglot_5way5shot_decay',
       'egnn_omniglot:5way5shot',
       '1000 of the reference\'s 100k steps, meta-batch 40, 5-way 5-shot, the learning rate '
-      'halved at step 500, no validation (the last checkpoint is tested)',
+      'halved at step 500, no validation (the last checkpoint is tested); trained on graphs '
+      'of 1 query per class, it gives 98.40 ± 0.36 tested so (experiments/README.md)',
       {(5, 1): None, (5, 5): None, (20, 1): None, (20, 5): None},
       flags=('--config.num_train_steps=1000', '--config.lr_decay_every=500',
              '--config.eval_every=0', '--config.checkpoint_every=100'),
