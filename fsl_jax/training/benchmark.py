@@ -194,17 +194,18 @@ def step_profile(compiled, run, top: int = 12) -> dict:
   for name, ms in by_op.items():
     by_kind[kinds[name]] += ms
   total = sum(by_op.values()) or 1.0
+  # Milliseconds to the microsecond: a small program's whole trace can be under 0.05 ms.
   return {
-    'total_ms': round(total, 1),
+    'total_ms': round(total, 3),
     # Operations traced for less than they run (see above): a total well under the
     # call's wall time says so.
-    'call_wall_ms': round(wall_ms, 1),
-    'by_kind': [[kind, round(ms, 1), round(ms / total, 3)] for kind, ms in by_kind.most_common()],
-    'top_ops': [[name, kinds[name], round(ms, 1), round(ms / total, 3)]
+    'call_wall_ms': round(wall_ms, 3),
+    'by_kind': [[kind, round(ms, 3), round(ms / total, 3)] for kind, ms in by_kind.most_common()],
+    'top_ops': [[name, kinds[name], round(ms, 3), round(ms / total, 3)]
                 for name, ms in by_op.most_common(top)],
     # Trace events that are not an instruction of the module (runtime, thunks,
     # host work), which may enclose instructions: not in the shares above.
-    'other_events_ms': [[name, round(ms, 1)] for name, ms in other.most_common(top)],
+    'other_events_ms': [[name, round(ms, 3)] for name, ms in other.most_common(top)],
   }
 
 
