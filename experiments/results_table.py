@@ -193,6 +193,15 @@ ROWS = (
       {(5, 1): 99.2, (5, 5): 99.7, (20, 1): 97.4, (20, 5): 99.0},
       flags=('--config.num_train_steps=2000', '--config.eval_every=500'),
       mode=(('transductive', False),), columns=((5, 1), (5, 5))),
+  Row('GNN (Garcia & Bruna), non-transductive, trained at 20-way 1-shot',
+      'gnn_omniglot_20way1shot_1500_decay', 'gnn_omniglot:20way1shot',
+      '1500 of the config\'s 80k episodes of 20-way 1-shot, meta-batch 5, the learning rate '
+      'halved every 500 steps, no validation (the last checkpoint is tested): the schedule '
+      'of the 20-way EGNN row; its label features have `way` units, so it has no 5-way test',
+      {(20, 1): 97.4},
+      flags=('--config.num_train_steps=1500', '--config.lr_decay_every=500',
+             '--config.eval_every=0', '--config.checkpoint_every=250'),
+      mode=(('transductive', False),), columns=((20, 1),)),
   Row('TPN', 'tpn_omniglot_5way1shot', 'tpn_omniglot:5way1shot',
       'the config\'s 40k episodes of 5-way 1-shot (the paper has no Omniglot table)',
       {(5, 1): None, (5, 5): None, (20, 1): None, (20, 5): None}),
