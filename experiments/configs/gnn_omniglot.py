@@ -37,8 +37,8 @@ queries per class, each query in its own graph; `experiments/results/`):
 (`experiments/evaluate.py --shot=5`), validation 97.38 at step 2000. With
 `--config.num_train_steps=3000 --config.lr_decay_every=1000
 --config.eval_every=500` (3%, the learning rate halved every 1000 steps; 58
-min here): 97.49 +- 0.23 and 99.39 +- 0.07, validation 97.79 at step 3000. The model's
-label features and output have `way` units, so 20-way needs a model trained at
+min here): 97.49 +- 0.23 and 99.39 +- 0.07, validation 97.79 at step 3000.
+The model's label features and output have `way` units, so 20-way needs a model trained at
 20-way: `20way1shot --config.num_train_steps=1500 --config.lr_decay_every=500
 --config.eval_every=0 --config.checkpoint_every=250` (1.9% of the 80k, the
 learning rate halved every 500 steps, the 20-way EGNN's schedule; 41 min
