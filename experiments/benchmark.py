@@ -36,7 +36,7 @@ flags.mark_flag_as_required('config')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  common.setup()
+  common.setup(FLAGS.config.method)
   from fsl_jax.training import benchmark
 
   shape = tuple(int(x) for x in FLAGS.synthetic_shape) if FLAGS.synthetic_shape else None

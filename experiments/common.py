@@ -3,6 +3,7 @@
 import contextlib
 import logging as std_logging
 import os
+import subprocess
 import sys
 import traceback
 
@@ -10,6 +11,8 @@ import jax
 from absl import flags, logging
 
 import fsl_jax  # noqa: F401  (sets the XLA flags before any backend starts)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -28,8 +31,12 @@ flags.DEFINE_integer('process_id', None, 'Multi-process runs: this process, 0 to
                      'num_processes - 1 (default: $JAX_PROCESS_ID).')
 
 
-def setup() -> None:
-  """Joins a multi-process run if there is one, and logs the devices."""
+def setup(method: str | None = None) -> None:
+  """Puts `method`'s XLA flags in force, joins a multi-process run if there is
+  one, and logs the devices."""
+  from fsl_jax import xla_flags
+
+  xla_flags.apply(method=method)  # Before any backend starts (see fsl_jax/xla_flags.py).
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   logging.get_absl_handler().addFilter(_QuietLibraries())
   from fsl_jax import parallel
@@ -43,6 +50,18 @@ def setup() -> None:
   logging.info('JAX %s, process %d of %d, %d local devices: %s; XLA_FLAGS=%r', jax.__version__,
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.local_devices(), os.environ.get('XLA_FLAGS', ''))
+
+
+def workdir_method(workdir: str) -> str | None:
+  """The method a training workdir was trained with (None if it has no readable
+  config.json: evaluating it reports that clearly later)."""
+  import json
+
+  try:
+    with open(os.path.join(workdir, 'config.json')) as f:
+      return json.load(f).get('method')
+  except (OSError, ValueError, AttributeError):
+    return None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -135,3 +154,17 @@ def format_results(results: dict) -> str:
           f"{results['shot']}-shot {results['query']}-query{mode}: "
           f"{100 * results['test_accuracy']:.2f} +- "
           f"{100 * results['test_ci95']:.2f}% over {results['test_episodes']} test episodes")
+
+
+def run_measured(command: list[str], env=None) -> tuple[str, float]:
+  """Runs a command; returns its stdout and the peak RSS (GiB) of exactly that process."""
+  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             text=True, env=env, cwd=REPO)
+  stdout = process.stdout.read()
+  _, status, usage = os.wait4(process.pid, 0)
+  code = os.waitstatus_to_exitcode(status)
+  process.returncode = code
+  if code:
+    sys.exit(f'{" ".join(command[:4])} ... failed with exit status {code}; run it by hand to '
+             'see why.')
+  return stdout, usage.ru_maxrss / 2**20  # KiB -> GiB.

@@ -33,11 +33,15 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import subprocess
 import sys
 import time
 
 from absl import app, flags
+
+if not __package__:  # Run as a script (`python experiments/NAME.py`): the repo on the path.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from experiments.common import run_measured  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -60,20 +64,6 @@ flags.DEFINE_list('modes', ['transductive', 'non_transductive'], 'Modes to compa
 flags.DEFINE_multi_string('fsl_args', [], 'Extra arguments for experiments.benchmark.')
 flags.DEFINE_string('output', None, 'Write all rounds as JSON here.')
 flags.mark_flag_as_required('torch_python')
-
-
-def run_measured(command: list[str], env=None) -> tuple[str, float]:
-  """Runs a command; returns its stdout and the peak RSS (GiB) of exactly that process."""
-  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, env=env, cwd=REPO)
-  stdout = process.stdout.read()
-  _, status, usage = os.wait4(process.pid, 0)
-  code = os.waitstatus_to_exitcode(status)
-  process.returncode = code
-  if code:
-    sys.exit(f'{" ".join(command[:4])} ... failed with exit status {code}; run it by hand to '
-             'see why.')
-  return stdout, usage.ru_maxrss / 2**20  # KiB -> GiB.
 
 
 def reference(modes) -> dict:

@@ -34,7 +34,7 @@ flags.mark_flag_as_required('workdir')
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  common.setup()
+  common.setup(common.workdir_method(FLAGS.workdir))
   from fsl_jax.training import train
 
   names = {'way': 'test_way', 'shot': 'test_shot', 'query': 'test_query',

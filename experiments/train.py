@@ -24,7 +24,7 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError('Too many command-line arguments.')
-  common.setup()
+  common.setup(FLAGS.config.method)
   from fsl_jax.training import train
 
   with common.user_errors():

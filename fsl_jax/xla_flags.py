@@ -15,15 +15,28 @@ tests and the benchmark all run with them:
     flags can no longer take effect; a warning says so (import `fsl_jax` first,
     or set `XLA_FLAGS` before starting Python).
 
+A method can ask for other CPU flags than the defaults (`XLA_CPU_FLAGS` of its
+class, a value of None meaning XLA's own default): `apply(method=NAME)` before
+the first computation puts them in force. The binaries do it for the method of
+their config (`experiments/common.py`); a notebook calls
+`fsl_jax.xla_flags.apply(method='maml')` right after `import fsl_jax`. The
+exact flags fsl_jax added, rather than the user, are kept in
+`FSL_JAX_XLA_ADDED`, so that a later `apply` (in this process or in a child
+that inherits the environment) can replace them without taking a user's flag
+for its own.
+
 The defaults only concern the CPU backend; GPU and TPU runs are unaffected.
 Why each one (measured on the project's 2-core CPU, jaxlib 0.10.2; the figures
-and commands are in README.md, Benchmark):
+and commands are in experiments/README.md, Benchmark):
 
   * `--xla_cpu_experimental_ynn_fusion_type=` (empty: no YNNPACK fusions).
     jaxlib 0.10.2 routes convolutions through YNNPACK fusions by default; on
     XLA's own path EGNN's convolutions run forward and backward in 1.03 s
     instead of 2.77 s (150 images of 84x84), and the 84x84 train step's peak
-    memory halved.
+    memory halved. MAML, whose convolutions are matrix products of patches,
+    is the exception: with XLA's default fusions its Omniglot train step takes
+    0.17-0.18 s instead of 0.33-0.36 s, while ProtoNet's takes 0.39 s instead of
+    0.19 s; `maml` asks for XLA's default.
 """
 
 from __future__ import annotations
@@ -32,6 +45,7 @@ import os
 import warnings
 
 ENV_SWITCH = 'FSL_JAX_XLA_DEFAULTS'
+ADDED = 'FSL_JAX_XLA_ADDED'  # The tokens fsl_jax put in XLA_FLAGS, space-separated.
 
 # Flag name -> value. Values are strings, as they appear after `=`.
 DEFAULTS: dict[str, str] = {
@@ -78,26 +92,50 @@ def _backends_initialized() -> bool:
   return bool(check and check())
 
 
-def apply(environ=os.environ) -> str:
-  """Adds the defaults to `environ['XLA_FLAGS']` (see the module docstring).
+def method_flags(method: str | None) -> dict[str, str | None]:
+  """The CPU flags method `method` asks for (its class's `XLA_CPU_FLAGS`); {} if
+  `method` is None or unknown (the config's validation reports an unknown one)."""
+  if not method:
+    return {}
+  from fsl_jax.models import base  # Imports JAX and Flax, but starts no backend.
+
+  try:
+    return dict(base.get_method(method).XLA_CPU_FLAGS)
+  except ValueError:
+    return {}
+
+
+def apply(environ=os.environ, method: str | None = None) -> str:
+  """Puts the defaults, with `method`'s own flags, in `environ['XLA_FLAGS']`.
+
+  Flags added by an earlier `apply` (named in `environ[ADDED]`) are replaced;
+  the user's are kept and win. See the module docstring.
 
   Returns:
     The `XLA_FLAGS` value now in force.
   """
-  user_flags = environ.get('XLA_FLAGS', '')
+  current = environ.get('XLA_FLAGS', '')
   if environ.get(ENV_SWITCH, '1') == '0':
-    return user_flags
-  flags, dropped = merged(user_flags)
+    return current
+  added = set(environ.get(ADDED, '').split())
+  parsed, dropped = parse(current)
+  user_flags = ' '.join(t for t in parsed if t not in added)
+  wanted = {**DEFAULTS, **method_flags(method)}
+  flags, _ = merged(user_flags, {k: v for k, v in wanted.items() if v is not None})
   if dropped:
     warnings.warn(
       f'XLA_FLAGS holds {" ".join(dropped)!r}, which does not start with "--": XLA would '
       'silently ignore it and every flag after it. fsl_jax dropped it; write each flag as '
       '--name=value.', stacklevel=3)
-  if flags != user_flags:
+  user_names = {flag_name(t) for t in user_flags.split()}
+  environ[ADDED] = ' '.join(f'{k}={v}' for k, v in wanted.items()
+                            if v is not None and k not in user_names)
+  if flags != current:
     if _backends_initialized():
       warnings.warn(
-        'A JAX backend was initialised before fsl_jax was imported, so its XLA flags '
-        f'({flags!r}) cannot take effect. Import fsl_jax before running JAX code, or set '
-        'XLA_FLAGS before starting Python.', stacklevel=3)
+        'A JAX backend was initialised before fsl_jax set its XLA flags, so they '
+        f'({flags!r}) cannot take effect. Import fsl_jax (and call '
+        'fsl_jax.xla_flags.apply(method=...)) before running JAX code, or set XLA_FLAGS '
+        'before starting Python.', stacklevel=3)
     environ['XLA_FLAGS'] = flags
   return flags

@@ -101,6 +101,16 @@ def test_benchmark_prints_json():
   out = run('benchmark', *TINY, '--compile_only', '--synthetic_shape=28,28,1')
   result = json.loads(out.stdout[out.stdout.index('{'):])
   assert result['train_step_temp_bytes'] > 0 and 'train_step_s' not in result
+  # The project's CPU flags, and the ones a method asks for instead (fsl_jax/xla_flags.py):
+  # protonet runs without YNNPACK fusions, maml with XLA's default ones; the user's
+  # device-count flag (conftest.py) stays in force for both.
+  ynn = '--xla_cpu_experimental_ynn_fusion_type'
+  assert f'{ynn}=' in result['xla_flags'].split()
+  out = run('benchmark', f'--config={CONFIGS / "maml_omniglot.py"}:tiny', '--compile_only',
+            '--synthetic_shape=28,28,1')
+  result = json.loads(out.stdout[out.stdout.index('{'):])
+  assert ynn not in result['xla_flags'] and result['devices'] == 4
+  assert '--xla_force_host_platform_device_count=4' in result['xla_flags'].split()
 
 
 @pytest.mark.slow

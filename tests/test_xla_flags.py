@@ -72,3 +72,35 @@ def test_a_backend_started_before_the_import_is_warned_about():
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode != 0 and 'cannot take effect' in out.stderr
+
+
+def test_a_method_replaces_the_defaults_fsl_jax_added_and_no_more():
+  environ = {'XLA_FLAGS': '--xla_force_host_platform_device_count=4'}
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')  # The test process's backend is already running.
+    xla_flags.apply(environ)
+    assert environ['XLA_FLAGS'] == f'{YNN}= --xla_force_host_platform_device_count=4'
+    # MAML asks for XLA's own default: fsl_jax's token goes, the user's stays.
+    assert xla_flags.apply(environ, method='maml') == '--xla_force_host_platform_device_count=4'
+    assert environ[xla_flags.ADDED] == ''
+    # Another method (as a child process inheriting the environment would) gets
+    # the defaults back; an unknown method gets the defaults.
+    assert xla_flags.apply(dict(environ), method='protonet').split()[0] == f'{YNN}='
+    assert xla_flags.apply(dict(environ), method='no_such_method').split()[0] == f'{YNN}='
+
+
+def test_a_users_flag_wins_over_a_methods():
+  for user in (f'{YNN}=reduce', f'{YNN}='):  # Even one equal to the project's default.
+    environ = {'XLA_FLAGS': user}
+    with warnings.catch_warnings():
+      warnings.simplefilter('ignore')
+      xla_flags.apply(environ)
+      assert xla_flags.apply(environ, method='maml') == user
+  # A user who rewrites XLA_FLAGS after fsl_jax added its flag keeps their value.
+  environ = {}
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    xla_flags.apply(environ)
+    environ['XLA_FLAGS'] = f'{YNN}=dot'
+    assert xla_flags.apply(environ, method='maml') == f'{YNN}=dot'
+

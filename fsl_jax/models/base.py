@@ -52,6 +52,9 @@ class FewShotMethod(nn.Module):
   CONFIG_DEFAULTS: ClassVar[dict[str, Any]] = {}
   # Whether the method can use unlabelled supports (semi-supervised episodes).
   SUPPORTS_UNLABELED: ClassVar[bool] = False
+  # XLA flags this method runs fastest with on CPU, over the project's defaults
+  # (`fsl_jax/xla_flags.py`); a value of None removes a default (XLA's own).
+  XLA_CPU_FLAGS: ClassVar[dict[str, str | None]] = {}
 
   @classmethod
   def from_config(cls, config) -> FewShotMethod:

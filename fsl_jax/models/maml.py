@@ -243,6 +243,12 @@ class MAML(FewShotMethod):
   epsilon: float = 1e-3
   num_blocks: int = 4
 
+  # XLA's default CPU fusions (YNNPACK) instead of the project's none: this
+  # network's convolutions are matrix products of patches, and its Omniglot
+  # train step (meta-batch 32, second order) takes 0.17-0.18 s instead of
+  # 0.33-0.36 s with them (experiments/README.md, Benchmark).
+  XLA_CPU_FLAGS = {'--xla_cpu_experimental_ynn_fusion_type': None}
+
   CONFIG_DEFAULTS = {
     'filters': 64,  # 32 on miniImageNet.
     'downsample': 'stride',  # 'stride' (Omniglot) or 'max_pool' (miniImageNet).
