@@ -4,7 +4,8 @@ Each row below names a run (a folder of `experiments/results/`), how it was
 trained, and the paper's numbers. A cell is filled from that folder's result
 files (`results.json`, the test at the end of training, and the
 `eval_*.json` of `experiments/evaluate.py`): the file whose episodes have the
-column's way and shot, 15 queries per class, 1000 episodes, and the row's mode.
+column's way and shot, 15 queries per class (or the row's `query`), 1000
+episodes, and the row's mode.
 A cell with no such file reads "not measured". Nothing here holds a number.
 
     python experiments/results_table.py            # writes RESULTS.md
@@ -49,6 +50,8 @@ class Row:
     mode: extra fields a result must have, e.g. EGNN's `transductive`.
     columns: the columns this row is evaluated on (`--run`).
     eval_flags: extra flags of its evaluations, e.g. `--transductive`.
+    query: queries per class of its test episodes: 15, the shared protocol, unless
+      a row reproduces a paper's own (e.g. MAML's official test, 1 per class).
   """
 
   method: str
@@ -61,9 +64,15 @@ class Row:
   mode: tuple[tuple[str, object], ...] = ()
   columns: tuple[tuple[int, int], ...] = ((5, 1), (5, 5), (20, 1), (20, 5))
   eval_flags: tuple[str, ...] = ()
+  query: int = QUERY
 
 
 OMNIGLOT = ((5, 1), (5, 5), (20, 1), (20, 5))
+# The MAML run still in progress, resumed session by session: which checkpoint its cells test.
+MAML_60K = ('the paper\'s 60k meta-updates, meta-batch 32, 5-way 1-shot, 1 inner step (3 at test), '
+            'a run still in progress: the cells test its best validation checkpoint so far, '
+            'step 16000 (validation 96.10%; the learning rate is constant, so '
+            '`--config.num_train_steps=16000` trains the same schedule, not rerun)')
 MINI = ((5, 1), (5, 5))
 
 ROWS = (
@@ -215,14 +224,24 @@ ROWS = (
       'the config\'s 40k episodes of 5-way 1-shot (the paper has no Omniglot table)',
       {(5, 1): None, (5, 5): None, (20, 1): None, (20, 5): None}),
   Row('MAML, second order, transductive BatchNorm, the full schedule (in progress)',
-      'maml_omniglot_5way1shot_60k', 'maml_omniglot:5way1shot',
-      'the paper\'s 60k meta-updates, meta-batch 32, 5-way 1-shot, 1 inner step (3 at test), '
-      'a run still in progress: the cell tests its best validation checkpoint so far, '
-      'step 10000 (validation 94.47%; the learning rate is constant, so '
-      '`--config.num_train_steps=10000` trains the same 10000 steps, not rerun)',
+      'maml_omniglot_5way1shot_60k', 'maml_omniglot:5way1shot', MAML_60K,
       {(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9},
       flags=('--config.checkpoint_every=250',),
       mode=(('transductive', True), ('first_order', False)), columns=((5, 1),)),
+  Row('MAML, as the row above, tested as the official code tests: 1 query per class',
+      'maml_omniglot_5way1shot_60k', 'maml_omniglot:5way1shot',
+      MAML_60K + '; each episode\'s 5 queries normalised together, as in training, '
+      'where 15 per class dilute what the query batch\'s statistics tell',
+      {(5, 1): 98.7, (5, 5): 99.9, (20, 1): 95.8, (20, 5): 98.9},
+      flags=('--config.checkpoint_every=250',),
+      mode=(('transductive', True), ('first_order', False)), columns=((5, 1),), query=1),
+  Row('MAML, the full-schedule model tested with non-transductive BatchNorm',
+      'maml_omniglot_5way1shot_60k', 'maml_omniglot:5way1shot',
+      'as the first full-schedule row; queries normalised by the supports\' statistics at '
+      'test, so no query affects another', {(5, 1): None},
+      flags=('--config.checkpoint_every=250',),
+      mode=(('transductive', False), ('first_order', False)), columns=((5, 1),),
+      eval_flags=('--notransductive',)),
   Row('MAML, second order, transductive BatchNorm', 'maml_omniglot_5way1shot_3k',
       'maml_omniglot:5way1shot', '3000 of the paper\'s 60k meta-updates, meta-batch 32, '
       '5-way 1-shot, 1 inner step (3 at test)',
@@ -250,22 +269,24 @@ ROWS = (
 )
 
 
-def _matches(result: dict, way: int, shot: int, mode) -> bool:
+def _matches(result: dict, way: int, shot: int, mode, query: int) -> bool:
   method_config = result.get('method_config', {})
   return (result.get('way') == way and result.get('shot') == shot
-          and result.get('query') == QUERY and result.get('test_episodes') == EPISODES
+          and result.get('query') == query and result.get('test_episodes') == EPISODES
           and all(method_config.get(k) == v for k, v in mode))
 
 
-def find_result(run: str, way: int, shot: int, mode=()) -> tuple[dict, str] | None:
-  """The result of `run` at (way, shot), 15 queries, 1000 episodes, in `mode`."""
+def find_result(run: str, way: int, shot: int, mode=(),
+                query: int = QUERY) -> tuple[dict, str] | None:
+  """The result of `run` at (way, shot), `query` queries per class, 1000 episodes, in
+  `mode`."""
   files = sorted(glob.glob(os.path.join(RESULTS, run, '*.json')))
   for path in files:
     if os.path.basename(path) == 'config.json':
       continue
     with open(path) as f:
       result = json.load(f)
-    if _matches(result, way, shot, mode):
+    if _matches(result, way, shot, mode, query):
       return result, os.path.relpath(path, REPO)
   return None
 
@@ -273,7 +294,7 @@ def find_result(run: str, way: int, shot: int, mode=()) -> tuple[dict, str] | No
 def _cell(row: Row, column) -> str:
   paper = row.paper.get(column)
   paper = f' ({paper})' if paper is not None else ''
-  found = find_result(row.run, *column, row.mode)
+  found = find_result(row.run, *column, row.mode, row.query)
   if found is None:
     return f'not measured{paper}' if column in row.paper else '-'
   result, _ = found
@@ -288,7 +309,7 @@ def train_command(row: Row) -> str:
 
 def eval_command(row: Row, way: int, shot: int) -> str:
   return (f'python experiments/evaluate.py --workdir=runs/{row.run} --way={way} --shot={shot} '
-          f'--query={QUERY} --episodes={EPISODES} {" ".join(row.eval_flags)}').strip()
+          f'--query={row.query} --episodes={EPISODES} {" ".join(row.eval_flags)}').strip()
 
 
 def render() -> str:
@@ -299,8 +320,8 @@ def render() -> str:
     '`experiments/results/<run>/`; `python experiments/results_table.py --run`',
     'trains and evaluates every row that has none. Each cell: mean accuracy (%) and',
     'its 95% confidence interval over the same 1000 fixed test episodes',
-    '(`eval_seed=0`, 15 queries per class), with the paper\'s number in',
-    'parentheses. Every schedule is stated; most are a fraction of the',
+    '(`eval_seed=0`, 15 queries per class unless the row says otherwise), with the',
+    'paper\'s number in parentheses. Every schedule is stated; most are a fraction of the',
     'paper\'s. EGNN\'s paper has no Omniglot table. More runs, settings and their',
     'discussion: README.md, Results.',
     '',
@@ -329,7 +350,8 @@ def run_missing(data_dir: str) -> None:
   """Trains and evaluates every row without all its results; copies them in."""
   python = sys.executable
   for row in ROWS:
-    missing = [c for c in row.columns if find_result(row.run, *c, row.mode) is None]
+    missing = [c for c in row.columns
+               if find_result(row.run, *c, row.mode, row.query) is None]
     if not missing:
       continue
     env = dict(os.environ, FSL_JAX_DATA_DIR=data_dir)

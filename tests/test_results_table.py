@@ -31,6 +31,12 @@ def test_cells_come_from_the_matching_file(tmp_path, monkeypatch):
   assert results_table._cell(row, (5, 1)) == '**80.00 ± 1.00** (1.0)'
   assert results_table._cell(row, (20, 1)) == 'not measured (2.0)'
   assert results_table._cell(row, (5, 5)) == '-'
+  # A row that reproduces a paper's own test with 1 query per class reads that file only.
+  one_query = results_table.Row('m', 'run', 'maml_omniglot:5way1shot', 's',
+                                {(5, 1): 1.0, (20, 1): 2.0}, query=1)
+  assert results_table._cell(one_query, (20, 1)) == '**70.00 ± 1.00** (2.0)'
+  assert results_table._cell(one_query, (5, 1)) == 'not measured (1.0)'
+  assert '--query=1 ' in results_table.eval_command(one_query, 20, 1) + ' '
 
 
 @pytest.mark.parametrize('row', results_table.ROWS, ids=lambda r: r.run)
