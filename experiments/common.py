@@ -3,7 +3,6 @@
 import contextlib
 import logging as std_logging
 import os
-import subprocess
 import sys
 import traceback
 
@@ -11,8 +10,6 @@ import jax
 from absl import flags, logging
 
 import fsl_jax  # noqa: F401  (sets the XLA flags before any backend starts)
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class _QuietLibraries(std_logging.Filter):
@@ -59,9 +56,10 @@ def workdir_method(workdir: str) -> str | None:
 
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
-      return json.load(f).get('method')
+      method = json.load(f).get('method')
   except (OSError, ValueError, AttributeError):
     return None
+  return method if isinstance(method, str) else None
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -155,16 +153,3 @@ def format_results(results: dict) -> str:
           f"{100 * results['test_accuracy']:.2f} +- "
           f"{100 * results['test_ci95']:.2f}% over {results['test_episodes']} test episodes")
 
-
-def run_measured(command: list[str], env=None) -> tuple[str, float]:
-  """Runs a command; returns its stdout and the peak RSS (GiB) of exactly that process."""
-  process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             text=True, env=env, cwd=REPO)
-  stdout = process.stdout.read()
-  _, status, usage = os.wait4(process.pid, 0)
-  code = os.waitstatus_to_exitcode(status)
-  process.returncode = code
-  if code:
-    sys.exit(f'{" ".join(command[:4])} ... failed with exit status {code}; run it by hand to '
-             'see why.')
-  return stdout, usage.ru_maxrss / 2**20  # KiB -> GiB.

@@ -12,7 +12,7 @@ do it), and `torch.func.vmap` over episodes of a nested `torch.func.grad`
    episode (`test_inner_steps` inner steps), from the same initial parameters.
    PyTorch runs them in float32 and float64, so the float32 differences can be
    read against what rounding alone gives.
-2. `--rounds` (default 2) of timing, alternating in fresh processes (PyTorch
+2. `--rounds` (default 3) of timing, alternating in fresh processes (PyTorch
    loop, PyTorch vmap, fsl_jax; second order, then first order): training
    episodes/s (meta-gradient and Adam update of a meta-batch) and evaluation
    episodes/s (`test_inner_steps` steps, `test_query` queries per class, 25
@@ -46,7 +46,7 @@ from ml_collections import config_flags
 if not __package__:  # Run as a script (`python experiments/NAME.py`): the repo on the path.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments import common  # noqa: E402
+from experiments import common, measure  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TORCH_MAML = REPO / 'experiments' / 'reference' / 'maml_torch.py'
@@ -56,14 +56,15 @@ config_flags.DEFINE_config_file('config', None, 'A MAML config file.', lock_conf
 flags.DEFINE_string('torch_python', None, 'Python of a virtual environment with torch.')
 flags.DEFINE_bool('check', True, 'Compare the numbers on one meta-batch.')
 flags.DEFINE_integer('check_episodes', 8, 'Episodes of the meta-batch that --check compares.')
-flags.DEFINE_integer('rounds', 2, 'Timing rounds (0: none).')
+flags.DEFINE_integer('rounds', 3, 'Timing rounds (0: none).')
 flags.DEFINE_list('impls', ['loop', 'vmap'], 'PyTorch implementations to time.')
 flags.DEFINE_integer('steps', 5, 'Timed train steps per process.')
 flags.DEFINE_integer('eval_calls', 2, 'Timed evaluation calls (25 episodes each).')
 flags.DEFINE_integer('threads', 2, "PyTorch's threads.")
 flags.DEFINE_string('fsl_xla_flags', None,
-                    "XLA_FLAGS for fsl_jax's benchmark processes (default: none set, so the "
-                    "method's own and the project's flags apply, as shipped).")
+                    "XLA_FLAGS for fsl_jax's benchmark processes. Default: as shipped, the "
+                    "method's own and the project's flags; XLA_FLAGS of this process's "
+                    "environment is not passed on to them.")
 flags.DEFINE_string('output', None, 'Write the comparison as JSON here.')
 flags.mark_flags_as_required(['config', 'torch_python'])
 
@@ -71,8 +72,8 @@ flags.mark_flags_as_required(['config', 'torch_python'])
 def check_supported(config) -> None:
   from fsl_jax import config as config_lib
 
-  wanted = {'method': 'maml', 'downsample': 'stride', 'adapt': 'all', 'transductive': True,
-            'inner_remat': False, 'unlabeled_shot': 0, 'augment': ''}
+  wanted = {'method': 'maml', 'dataset': 'omniglot', 'downsample': 'stride', 'adapt': 'all',
+            'transductive': True, 'inner_remat': False, 'unlabeled_shot': 0, 'augment': ''}
   wrong = {k: config[k] for k, v in wanted.items() if config[k] != v}
   if wrong:
     raise config_lib.ConfigError(
@@ -170,8 +171,12 @@ def run_check(config) -> dict:
     flat(mine['grads_first']), flat({k: theirs[f'grad_second_loop64_{k}'] for k in names}))
   result['test_logits'] = {'fsl_jax': rel(mine['test_logits'], theirs['test_logits64']),
                            'torch_loop': rel(theirs['test_logits'], theirs['test_logits64'])}
+  # PyTorch's two test-time implementations (the ones timed) predict the same classes.
+  result['torch_loop_vmap_predictions_agree'] = float(theirs['test_predictions_agree'])
   print(f'{"test logits (" + str(config.test_inner_steps) + " inner steps)":<34} '
         f'{result["test_logits"]["fsl_jax"]:>10.2e}  {result["test_logits"]["torch_loop"]:>10.2e}')
+  print('PyTorch loop and vmap test-time predictions agree on '
+        f'{100 * result["torch_loop_vmap_predictions_agree"]:.1f}% of the queries')
   print('fsl_jax\'s first-order meta-gradient against the second-order one: '
         f'{result["first_vs_second_order"]:.3f}')
   print(f'meta-loss: fsl_jax {mine["loss_second"]:.6f}, PyTorch {theirs["loss_second_loop"]:.6f}'
@@ -189,7 +194,7 @@ def torch_bench(config, impl: str, first_order: bool) -> dict:
              f'--eval_calls={FLAGS.eval_calls}', '--eval_episodes=25', f'--threads={FLAGS.threads}']
   if first_order:
     command.append('--first_order')
-  stdout, rss = common.run_measured(command)
+  stdout, rss = measure.run_measured(command)
   out = json.loads(stdout[stdout.index('{'):])
   return {'train_episodes_per_s': out['train_episodes_per_s'],
           'eval_episodes_per_s': out['eval_episodes_per_s'], 'peak_rss_gib': rss,
@@ -204,7 +209,7 @@ def fsl_jax_bench(first_order: bool) -> dict:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'FSL_JAX_XLA_ADDED')}
   if FLAGS.fsl_xla_flags is not None:
     env['XLA_FLAGS'] = FLAGS.fsl_xla_flags
-  stdout, rss = common.run_measured(command, env=env)
+  stdout, rss = measure.run_measured(command, env=env)
   out = json.loads(stdout[stdout.index('{'):])
   return {'train_episodes_per_s': out['train_episodes_per_s'],
           'eval_episodes_per_s': out['eval_episodes_per_s'], 'peak_rss_gib': rss,
@@ -218,7 +223,10 @@ def main(argv):
   del argv
   common.setup(FLAGS.config.method)
   # The --config flags, passed on to experiments.benchmark as they were given.
-  CONFIG_ARGS.extend(a for a in sys.argv[1:] if a.startswith('--config'))
+  args = iter(sys.argv[1:])
+  for arg in args:
+    if arg.startswith('--config'):
+      CONFIG_ARGS.append(arg if '=' in arg else f'{arg}={next(args, "")}')
   config = FLAGS.config.copy_and_resolve_references()
   payload = {'command': ' '.join(['python', 'experiments/compare_maml_torch.py', *sys.argv[1:]]),
              'config': {k: config[k] for k in (

@@ -41,7 +41,7 @@ from absl import app, flags
 if not __package__:  # Run as a script (`python experiments/NAME.py`): the repo on the path.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.common import run_measured  # noqa: E402
+from experiments.measure import run_measured  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,13 @@ their config (`experiments/common.py`); a notebook calls
 exact flags fsl_jax added, rather than the user, are kept in
 `FSL_JAX_XLA_ADDED`, so that a later `apply` (in this process or in a child
 that inherits the environment) can replace them without taking a user's flag
-for its own.
+for its own: they are fsl_jax's only while `XLA_FLAGS` still starts with them.
+One case cannot be told apart: a child started with `XLA_FLAGS` set to exactly
+what fsl_jax wrote, plus the inherited `FSL_JAX_XLA_ADDED`; a launcher that
+means its value as the user's should drop `FSL_JAX_XLA_ADDED` from the child's
+environment. A launcher that passes `XLA_FLAGS` on without it (an environment
+allow-list) makes fsl_jax's flags the user's, so a method's own are not applied
+(the flags in force are logged by the binaries).
 
 The defaults only concern the CPU backend; GPU and TPU runs are unaffected.
 Why each one (measured on the project's 2-core CPU, jaxlib 0.10.2; the figures
@@ -35,8 +41,8 @@ and commands are in experiments/README.md, Benchmark):
     instead of 2.77 s (150 images of 84x84), and the 84x84 train step's peak
     memory halved. MAML, whose convolutions are matrix products of patches,
     is the exception: with XLA's default fusions its Omniglot train step takes
-    0.17-0.18 s instead of 0.33-0.36 s, while ProtoNet's takes 0.39 s instead of
-    0.19 s; `maml` asks for XLA's default.
+    0.17-0.21 s instead of 0.33-0.36 s (about 1.9x faster), while ProtoNet's
+    takes 0.39 s instead of 0.19 s; `maml` asks for XLA's default.
 """
 
 from __future__ import annotations
@@ -95,7 +101,7 @@ def _backends_initialized() -> bool:
 def method_flags(method: str | None) -> dict[str, str | None]:
   """The CPU flags method `method` asks for (its class's `XLA_CPU_FLAGS`); {} if
   `method` is None or unknown (the config's validation reports an unknown one)."""
-  if not method:
+  if not method or not isinstance(method, str):
     return {}
   from fsl_jax.models import base  # Imports JAX and Flax, but starts no backend.
 
@@ -105,31 +111,48 @@ def method_flags(method: str | None) -> dict[str, str | None]:
     return {}
 
 
+def _split_ours(environ) -> tuple[list[str], list[str], list[str]]:
+  """`(ours, user, ignored)` tokens of `environ['XLA_FLAGS']`.
+
+  fsl_jax writes its tokens first and names them in `environ[ADDED]`; they are
+  taken for its own only while `XLA_FLAGS` still starts with them (the user may
+  have appended flags since). A value that no longer does was rewritten by
+  someone else, so all of it is the user's.
+  """
+  parsed, ignored = parse(environ.get('XLA_FLAGS', ''))
+  added = environ.get(ADDED, '').split()
+  if added and parsed[:len(added)] == added:
+    return added, parsed[len(added):], ignored
+  return [], parsed, ignored
+
+
 def apply(environ=os.environ, method: str | None = None) -> str:
   """Puts the defaults, with `method`'s own flags, in `environ['XLA_FLAGS']`.
 
-  Flags added by an earlier `apply` (named in `environ[ADDED]`) are replaced;
-  the user's are kept and win. See the module docstring.
+  Flags added by an earlier `apply` (see `_split_ours`) are replaced; the
+  user's are kept and win. With `FSL_JAX_XLA_DEFAULTS=0`, flags fsl_jax added
+  earlier are taken out and none are added. See the module docstring.
 
   Returns:
     The `XLA_FLAGS` value now in force.
   """
   current = environ.get('XLA_FLAGS', '')
+  ours, user, dropped = _split_ours(environ)
   if environ.get(ENV_SWITCH, '1') == '0':
-    return current
-  added = set(environ.get(ADDED, '').split())
-  parsed, dropped = parse(current)
-  user_flags = ' '.join(t for t in parsed if t not in added)
+    if ours:  # Inherited from a process that had the defaults on.
+      environ['XLA_FLAGS'] = ' '.join(user + dropped)
+    environ.pop(ADDED, None)
+    return environ.get('XLA_FLAGS', '')
   wanted = {**DEFAULTS, **method_flags(method)}
-  flags, _ = merged(user_flags, {k: v for k, v in wanted.items() if v is not None})
+  wanted = {k: v for k, v in wanted.items() if v is not None}
+  flags, _ = merged(' '.join(user), wanted)
   if dropped:
     warnings.warn(
       f'XLA_FLAGS holds {" ".join(dropped)!r}, which does not start with "--": XLA would '
       'silently ignore it and every flag after it. fsl_jax dropped it; write each flag as '
       '--name=value.', stacklevel=3)
-  user_names = {flag_name(t) for t in user_flags.split()}
-  environ[ADDED] = ' '.join(f'{k}={v}' for k, v in wanted.items()
-                            if v is not None and k not in user_names)
+  user_names = {flag_name(t) for t in user}
+  environ[ADDED] = ' '.join(f'{k}={v}' for k, v in wanted.items() if k not in user_names)
   if flags != current:
     if _backends_initialized():
       warnings.warn(

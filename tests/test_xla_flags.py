@@ -104,3 +104,17 @@ def test_a_users_flag_wins_over_a_methods():
     environ['XLA_FLAGS'] = f'{YNN}=dot'
     assert xla_flags.apply(environ, method='maml') == f'{YNN}=dot'
 
+
+
+def test_flags_appended_after_fsl_jax_s_keep_them_its_own():
+  environ = {}
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    xla_flags.apply(environ)
+    environ['XLA_FLAGS'] += ' --xla_force_host_platform_device_count=2'  # The user appends.
+    child = dict(environ)  # What a child process inherits.
+    assert xla_flags.apply(child, method='maml') == '--xla_force_host_platform_device_count=2'
+    # The switch in a child takes out what the parent added, and keeps the user's flag.
+    child = dict(environ, **{xla_flags.ENV_SWITCH: '0'})
+    assert xla_flags.apply(child) == '--xla_force_host_platform_device_count=2'
+    assert xla_flags.ADDED not in child

@@ -29,7 +29,8 @@ no test imports this file):
       test-time logits of the first episode.
     python maml_torch.py bench --impl=loop --meta_batch_size=32 ...
       Times training steps (meta-gradient and an Adam update) and evaluation
-      on random images of the given shapes; prints JSON.
+      (the same implementation's inner loop, first order, then the queries'
+      predictions) on random images of the given shapes; prints JSON.
 """
 
 from __future__ import annotations
@@ -127,6 +128,40 @@ def meta_gradients_vmap(params, batch, *, way, steps, lr, first_order, blocks):
 META_GRADIENTS = {'loop': meta_gradients_loop, 'vmap': meta_gradients_vmap}
 
 
+def predict_loop(params, support, support_labels, query, *, way, steps, lr, blocks):
+  """Test-time predictions, episode by episode: first-order inner steps, no meta-gradient."""
+  out = []
+  for e in range(support.shape[0]):
+    p = adapt(params, support[e], support_labels[e], way=way, steps=steps, lr=lr,
+              first_order=True, blocks=blocks)
+    with torch.no_grad():
+      out.append(network(p, query[e], blocks).argmax(-1))
+  return torch.stack(out)
+
+
+def predict_vmap(params, support, support_labels, query, *, way, steps, lr, blocks):
+  """The same with `torch.func.vmap` over the episodes."""
+  from torch.func import grad, vmap
+
+  names = adapted(params)
+  rest = {k: v.detach() for k, v in params.items() if k not in names}
+
+  def inner(fast, images, labels):
+    return F.cross_entropy(network({**rest, **fast}, images, blocks), labels) * way
+
+  def episode(images, labels, queries):
+    fast = {k: params[k].detach() for k in names}
+    for _ in range(steps):
+      g = grad(inner)(fast, images, labels)
+      fast = {k: fast[k] - lr * g[k] for k in names}
+    return network({**rest, **fast}, queries, blocks).argmax(-1)
+
+  return vmap(episode)(support, support_labels, query)
+
+
+PREDICT = {'loop': predict_loop, 'vmap': predict_vmap}
+
+
 def to_torch(params_np, dtype) -> dict:
   """fsl_jax's flat dict (HWIO kernels) as leaf tensors (OIHW kernels)."""
   out = {}
@@ -167,6 +202,9 @@ def check(source: str, target: str) -> None:
     p = adapt(params, batch[0][0], batch[1][0], way=way, steps=int(data['test_inner_steps']),
               lr=lr, first_order=True, blocks=blocks)
     out[f'test_logits{tag}'] = network(p, batch[2][0], blocks).detach().double().numpy()
+    kwargs = dict(way=way, steps=int(data['test_inner_steps']), lr=lr, blocks=blocks)
+    loop, vmapped = (PREDICT[impl](params, *batch[:3], **kwargs) for impl in ('loop', 'vmap'))
+    out[f'test_predictions_agree{tag}'] = np.float64((loop == vmapped).float().mean().item())
   np.savez(target, torch_version=torch.__version__, **out)
 
 
@@ -201,12 +239,9 @@ def bench(args) -> None:
 
   eval_batch = episodes(args.eval_episodes, args.shot, args.test_query)
 
-  def eval_call():  # No meta-gradient: first-order inner steps, then the query logits.
-    for e in range(args.eval_episodes):
-      p = adapt(params, eval_batch[0][e], eval_batch[1][e], way=args.way,
-                steps=args.test_inner_steps, lr=args.inner_lr, first_order=True, blocks=blocks)
-      with torch.no_grad():
-        network(p, eval_batch[2][e], blocks).argmax(-1)
+  def eval_call():  # No meta-gradient: first-order inner steps, then the predictions.
+    PREDICT[args.impl](params, *eval_batch[:3], way=args.way, steps=args.test_inner_steps,
+                       lr=args.inner_lr, blocks=blocks)
 
   def timed(fn, warmup, repeats):
     for _ in range(warmup):

@@ -245,7 +245,7 @@ class MAML(FewShotMethod):
 
   # XLA's default CPU fusions (YNNPACK) instead of the project's none: this
   # network's convolutions are matrix products of patches, and its Omniglot
-  # train step (meta-batch 32, second order) takes 0.17-0.18 s instead of
+  # train step (meta-batch 32, second order) takes 0.17-0.21 s instead of
   # 0.33-0.36 s with them (experiments/README.md, Benchmark).
   XLA_CPU_FLAGS = {'--xla_cpu_experimental_ynn_fusion_type': None}
 
