@@ -153,3 +153,21 @@ def format_results(results: dict) -> str:
           f"{100 * results['test_accuracy']:.2f} +- "
           f"{100 * results['test_ci95']:.2f}% over {results['test_episodes']} test episodes")
 
+
+def training_start(config, model, devices):
+  """The training episode source and initial train state of `config`, as a
+  training run starts them on `devices` (episodes sampled on the devices, no
+  augmentation): `(spec, source, state)`. For the comparison drivers."""
+  from fsl_jax.data import episodes as episodes_lib
+  from fsl_jax.data import registry
+  from fsl_jax.training import train
+
+  info = registry.get(config.dataset)
+  dataset = registry.load_dataset(config.dataset, config.train_split, config.data_dir or None,
+                                  config.cache_dir or None, config.download)
+  spec = train.episode_spec(config)
+  source = episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, config.train_split,
+                                       devices)
+  state = train.create_train_state(config, model, source.image_shape,
+                                   jax.random.PRNGKey(config.seed))
+  return spec, source, state

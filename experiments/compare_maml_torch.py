@@ -86,8 +86,6 @@ def fsl_jax_numbers(config, episodes: int):
   import jax
   import jax.numpy as jnp
 
-  from fsl_jax.data import episodes as episodes_lib
-  from fsl_jax.data import registry
   from fsl_jax.training import train
 
   config.meta_batch_size = episodes
@@ -96,14 +94,7 @@ def fsl_jax_numbers(config, episodes: int):
   fo_config.first_order = True
   _, fo_model = train.build(fo_config)
   devices = jax.local_devices()[:1]
-  info = registry.get(config.dataset)
-  dataset = registry.load_dataset(config.dataset, config.train_split, config.data_dir or None,
-                                  config.cache_dir or None, config.download)
-  spec = train.episode_spec(config)
-  source = episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, config.train_split,
-                                       devices)
-  state = train.create_train_state(config, model, source.image_shape,
-                                   jax.random.PRNGKey(config.seed))
+  spec, source, state = common.training_start(config, model, devices)
 
   def sample(images):  # The episodes of `train.train_step`'s step 0.
     keys = train.device_episode_keys(jax.random.fold_in(state.train_key, 0), 0, episodes)

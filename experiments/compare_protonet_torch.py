@@ -80,20 +80,11 @@ def fsl_jax_run(config, steps: int, last_scale: float = 1.0):
   import jax
 
   from fsl_jax import parallel
-  from fsl_jax.data import episodes as episodes_lib
-  from fsl_jax.data import registry
   from fsl_jax.training import train
 
   config, model = train.build(config)
   devices = jax.local_devices()[:1]
-  info = registry.get(config.dataset)
-  dataset = registry.load_dataset(config.dataset, config.train_split, config.data_dir or None,
-                                  config.cache_dir or None, config.download)
-  spec = train.episode_spec(config)
-  source = episodes_lib.DeviceEpisodes(dataset, spec, info.mean, info.std, config.train_split,
-                                       devices)
-  state = train.create_train_state(config, model, source.image_shape,
-                                   jax.random.PRNGKey(config.seed))
+  spec, source, state = common.training_start(config, model, devices)
   if last_scale != 1.0:
     params = jax.tree.map(lambda x: x, state.params)  # A copy to edit.
     last = params['backbone'][f'ConvBlock_{len(params["backbone"]) - 1}']['BatchNorm_0']
