@@ -88,7 +88,8 @@ def test_inner_loop_and_meta_gradients_by_hand(params):
   """The forward pass is two hand-written SGD steps (three at test time); the
   second-order meta-gradient is the derivative through them; the first-order one
   is the query loss's gradient at the adapted parameters taken as constants
-  (checked with remat and unrolling on), and the two differ."""
+  (checked with remat and unrolling on), and the two differ. Recomputing each
+  inner step (`inner_remat`) leaves the second-order meta-gradient unchanged."""
   support, labels, query, query_labels = _episode()
   query_loss = lambda logits: optax.softmax_cross_entropy_with_integer_labels(
     logits, query_labels).mean()
@@ -107,11 +108,12 @@ def test_inner_loop_and_meta_gradients_by_hand(params):
     second, (logits, losses) = grad(functools.partial(model_loss, _model()))
     first_model = _model(first_order=True, inner_remat=True, scan_unroll=2)
     first, (first_logits, _) = grad(functools.partial(model_loss, first_model))
+    remat, _ = grad(functools.partial(model_loss, _model(inner_remat=True)))
     by_hand, (hand_logits, hand_losses, adapted) = grad(hand_loss)
     at_adapted = jax.grad(lambda a: query_loss(maml.network(a, query)))(adapted)
     evaluated = _model().apply({'params': p}, support, labels, query, way=WAY, train=False)
     three = maml.network(_hand_adapted(p, support, labels, steps=3)[0], query)
-    return dict(second=second, logits=logits, losses=losses, first=first,
+    return dict(second=second, remat=remat, logits=logits, losses=losses, first=first,
                 first_logits=first_logits, by_hand=by_hand, hand_logits=hand_logits,
                 hand_losses=hand_losses, at_adapted=at_adapted, evaluated=evaluated.logits,
                 evaluated_steps=evaluated.aux['support_losses'], three=three)
@@ -121,6 +123,7 @@ def test_inner_loop_and_meta_gradients_by_hand(params):
   np.testing.assert_allclose(r['losses'], r['hand_losses'], rtol=1e-5)
   assert r['hand_losses'][1] < r['hand_losses'][0]  # The steps descend.
   chex.assert_trees_all_close(r['second'], r['by_hand'], rtol=1e-3, atol=1e-6)
+  chex.assert_trees_all_close(r['remat'], r['second'], rtol=1e-5, atol=1e-7)  # Recomputed.
   np.testing.assert_allclose(r['first_logits'], r['hand_logits'], rtol=1e-4, atol=1e-5)
   chex.assert_trees_all_close(r['first'], r['at_adapted'], rtol=1e-3, atol=1e-6)
   norm = lambda tree: np.sqrt(sum(np.sum(np.square(x)) for x in jax.tree.leaves(tree)))
@@ -194,6 +197,8 @@ def test_every_variant_loads_and_builds():
   ({'inner_steps': 0}, 'inner_steps must be an integer of at least 1'),
   ({'inner_lr': -0.1}, 'inner_lr must be positive'),
   ({'scan_unroll': 0}, 'scan_unroll must be an integer of at least 1'),
+  ({'filters': True}, 'filters must be an integer of at least 1, got True'),
+  ({'embed_chunk_size': 5}, 'leave embed_chunk_size=0'),
   ({'test_way': 20}, 'test_way \\(20\\) must equal way \\(5\\)'),
   ({'batchnorm_stats': 'meta_batch'}, 'keeps no running statistics'),
   ({'remat': True}, 'set inner_remat=True'),

@@ -270,7 +270,8 @@ class MAML(FewShotMethod):
       if config[field] not in allowed:
         raise ValueError(f'{field} must be one of {allowed}, got {config[field]!r}.')
     for field in ('filters', 'inner_steps', 'test_inner_steps', 'scan_unroll'):
-      if not isinstance(config[field], int) or config[field] < 1:
+      value = config[field]
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f'{field} must be an integer of at least 1, got {config[field]!r}.')
     if not config.inner_lr > 0:
       raise ValueError(f'inner_lr must be positive, got {config.inner_lr!r}.')
@@ -287,6 +288,10 @@ class MAML(FewShotMethod):
                        'batchnorm_unbiased_running_var=False.')
     if config.remat:
       raise ValueError('maml recomputes per inner step instead: set inner_remat=True, not remat.')
+    if config.embed_chunk_size:
+      raise ValueError('maml embeds each batch at once inside its inner loop; leave '
+                       f'embed_chunk_size=0 (got {config.embed_chunk_size!r}), and set '
+                       'inner_remat=True to save memory.')
     if config.compute_dtype != 'float32':
       raise ValueError('maml computes in float32 only; got '
                        f'compute_dtype={config.compute_dtype!r}.')
