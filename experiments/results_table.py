@@ -277,14 +277,15 @@ ROWS = (
   Row('Matching Networks (FCE)', 'matchingnet_mini_imagenet_5shot',
       'matchingnet_mini_imagenet:5shot', 'the config\'s 20k episodes',
       {(5, 1): 43.56, (5, 5): 55.31}, dataset='mini_imagenet', columns=((5, 5),)),
-  *(Row(f'MAML, {order}, transductive BatchNorm', f'maml_mini_imagenet_5way{shot}shot{suffix.replace("-", "_")}',
-        f'maml_mini_imagenet:5way{shot}shot{suffix}',
+  *(Row(f'MAML, {order}, transductive BatchNorm', f'maml_mini_imagenet_5way{shot}shot{run}',
+        f'maml_mini_imagenet:5way{shot}shot{variant}',
         f'the config\'s 60k meta-updates (the paper\'s), meta-batch {4 if shot == 1 else 2}, '
         '5 inner steps (10 at test)', {(5, shot): paper}, dataset='mini_imagenet',
-        mode=(('transductive', True), ('first_order', bool(suffix))), columns=((5, shot),))
-    for order, suffix, papers in (('second order', '', (48.70, 63.11)),
-                                  ('first order', '-firstorder', (48.07, 63.15)))
-    for shot, paper in zip((1, 5), papers)),
+        mode=(('transductive', True), ('first_order', bool(variant))), columns=((5, shot),))
+    for order, variant, run, papers in (('second order', '', '', (48.70, 63.11)),
+                                        ('first order', '-firstorder', '_firstorder',
+                                         (48.07, 63.15)))
+    for shot, paper in zip((1, 5), papers, strict=True)),
 )
 
 
