@@ -272,7 +272,7 @@ class MAML(FewShotMethod):
     for field in ('filters', 'inner_steps', 'test_inner_steps', 'scan_unroll'):
       value = config[field]
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f'{field} must be an integer of at least 1, got {config[field]!r}.')
+        raise ValueError(f'{field} must be an integer of at least 1, got {value!r}.')
     if not config.inner_lr > 0:
       raise ValueError(f'inner_lr must be positive, got {config.inner_lr!r}.')
     for field in ('first_order', 'transductive', 'inner_remat'):
